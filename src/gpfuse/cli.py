@@ -1,0 +1,175 @@
+"""The ``gpfuse`` command: train, eval, predict, info, profile, convert, demo."""
+from __future__ import annotations
+
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation noise
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+DEMO_CONFIG = "configs/grf_mosi_demo.yaml"
+
+
+def _seeds(text: Optional[str], default: int) -> list[int]:
+    if not text:
+        return [default]
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds must be comma-separated integers, got {text!r}") from None
+
+
+def _table(title: str, rows: dict[str, dict[str, object]]) -> Table:
+    """One row per metric, one column per split; a value or a [mean, std] pair."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for stage in rows:
+        table.add_column(stage, justify="right")
+    for key in next(iter(rows.values())):
+        cells = []
+        for metrics in rows.values():
+            v = metrics[key]
+            cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, (list, tuple)) else f"{v:.4f}")
+        table.add_row(key, *cells)
+    return table
+
+
+def _fail(err: Exception) -> None:
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="YAML run config"),
+          set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=3e-4"),
+          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. 1111,1112,1113"),
+          resume: bool = typer.Option(False, help="continue the run(s) from checkpoints/last.ckpt")) -> None:
+    """Train CONFIG (one run per seed); prints test metrics, mean ± std over seeds."""
+    from gpfuse.config import load_config
+    from gpfuse.tasks.runner import train_seeds
+
+    try:
+        cfg = load_config(config, set_)
+        summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv))
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
+        _fail(err)
+    console.print(_table(f"{cfg.name}: mean ± std over seeds {summary['seeds']}",
+                         {k: summary[k] for k in ("valid", "test")}))
+    console.print(f"parameters: {summary['parameters']}; runs in {Path(cfg.output_dir) / cfg.name}")
+
+
+@app.command("eval")
+def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)")) -> None:
+    """Re-evaluate a run's saved model on its valid and test splits."""
+    from gpfuse.tasks.runner import evaluate
+
+    try:
+        metrics = evaluate(run_dir)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        _fail(err)
+    console.print(_table(str(run_dir), metrics))
+
+
+@app.command()
+def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the run's layout (folder or file)"),
+            out: Path = typer.Option(Path("predictions.csv"), help="CSV to write")) -> None:
+    """Score every sample under DATA with the run's model; writes id,split,score,label."""
+    from gpfuse.tasks.runner import predict as run_predict
+
+    try:
+        path = run_predict(run_dir, data, out)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        _fail(err)
+    console.print(f"predictions written to {path}")
+
+
+@app.command()
+def info() -> None:
+    """Versions, models, fusions and the datasets found."""
+    import importlib.metadata as md
+    import os
+
+    from gpfuse.fusion import FUSIONS
+    from gpfuse.models import MODELS
+
+    for pkg in ("gpfuse", "torch", "lightning", "transformers", "peft", "monai", "numpy"):
+        try:
+            console.print(f"{pkg:14s} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            console.print(f"{pkg:14s} not installed")
+    console.print(f"models:   {', '.join(sorted(MODELS))}")
+    console.print(f"fusions:  {', '.join(sorted(FUSIONS))}")
+    root = Path(os.environ.get("GPFUSE_DATA", "../shared/data"))
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    console.print(f"datasets in {root}: {', '.join(found) if found else 'none found (set GPFUSE_DATA)'}")
+
+
+@app.command()
+def profile(model: str = typer.Argument(..., help="model name or YAML config"),
+            input_dims: str = typer.Option("text=384,audio=73,vision=35", help="modality=size,..."),
+            batch_size: int = 32, seq_len: int = 50) -> None:
+    """Parameters (total/trainable), FLOPs and forward time of MODEL on synthetic input."""
+    from gpfuse.config import load_config
+    from gpfuse.models import create_model
+    from gpfuse.tasks.profile import profile_model, synthetic_batch
+
+    try:
+        dims = {k: int(v) for k, v in (item.split("=") for item in input_dims.split(","))}
+        if model.endswith((".yaml", ".yml")):
+            cfg = load_config(model)
+            name, options = cfg.model["name"], cfg.model_options()
+            dims = {m: dims[m] for m in cfg.data.modalities}
+        else:
+            name, options = model, {}
+        net = create_model(name, input_dims=dims, **options)
+    except (ValueError, KeyError, TypeError) as err:
+        _fail(err)
+    figures = profile_model(net, synthetic_batch(dims, batch_size, seq_len))
+    console.print(f"{name} with inputs {dims}, batch {batch_size} x {seq_len} steps:")
+    for k, v in figures.items():
+        console.print(f"  {k:10s} {v:,.3f}" if isinstance(v, float) else f"  {k:10s} {v:,}")
+
+
+@app.command()
+def convert(src: Path, dst: Path, layout: str = typer.Option("auto", help="auto, mmsa or mult")) -> None:
+    """Convert an MMSA or MulT feature pickle (read with a restricted unpickler) to a safe .npz."""
+    from gpfuse.data.sentiment_pickles import convert_feature_pickle
+
+    try:
+        path = convert_feature_pickle(src, dst, layout=layout)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        _fail(err)
+    console.print(f"wrote {path}")
+
+
+@app.command()
+def demo(config: Path = typer.Option(Path(DEMO_CONFIG), help="demo config")) -> None:
+    """Train GRF on CMU-MOSI (synthetic data in the same layout when the shared copy is absent), test it,
+    print the metrics and the run folder."""
+    import time
+
+    from gpfuse.config import load_config
+    from gpfuse.tasks.runner import run_dir_for, train as run_train
+
+    cfg = load_config(config)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
+    if not (Path(cfg.data.root) / "labels.csv").is_file():
+        console.print(f"[yellow]CMU-MOSI not found at {cfg.data.root}: the demo uses SYNTHETIC data in the same layout[/]")
+    metrics = run_train(cfg, command=shlex.join(sys.argv))
+    console.print(_table(f"GRF on {cfg.data.root} (best epoch {metrics['best_epoch']})",
+                         {k: metrics[k] for k in ("valid", "test")}))
+    console.print(f"parameters: {metrics['parameters']}")
+    console.print(f"run folder: {run_dir_for(cfg)}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,157 @@
+"""Run configuration: YAML validated on load with pydantic.
+
+A config has four sections (``name`` and ``output_dir`` at the top): ``data``, ``model``, ``train``.
+``model`` is checked against the signature of the chosen model's constructor, so an unknown key or a
+wrong type is reported with its dotted key and the file, before anything runs.
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from gpfuse.models import MODELS
+
+__all__ = ["ConfigError", "DataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the data is and how it becomes tensors."""
+
+    source: Literal["mosi", "pickle", "npz"] = "mosi"
+    root: str = "../shared/data/mosi"
+    layout: Literal["auto", "mmsa", "mult"] = "auto"
+    modalities: list[str] = Field(default_factory=lambda: ["text", "audio"], min_length=1)
+    text_model: str = "minilm"
+    max_len: dict[str, int] = Field(default_factory=lambda: {"text": 50, "audio": 50, "vision": 50})
+    standardize: bool = True
+    cache_dir: str | None = None
+    synthetic_if_missing: bool = False
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class TrainConfig(_Strict):
+    """Optimisation and the Lightning trainer (GRF public recipe as defaults)."""
+
+    max_epochs: int = Field(100, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: int = Field(5, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
+    patience: int = Field(20, ge=1)
+    grad_clip: float | None = 1.0
+    loss: Literal["l1", "mse"] = "l1"
+    aux_weight: float = Field(0.4, ge=0)
+    seed: int = 1111
+    deterministic: bool = True
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    precision: str = "32-true"
+    monitor: str = "valid/MAE"
+    monitor_mode: Literal["min", "max"] = "min"
+
+
+class RunConfig(_Strict):
+    name: str
+    task: Literal["regression"] = "regression"
+    output_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: dict[str, Any]
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def model_options(self) -> dict[str, Any]:
+        """The model section without its ``name``."""
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+
+def _options_schema(name: str) -> type[BaseModel]:
+    """A strict pydantic model built from the constructor signature of model ``name`` (less input_dims)."""
+    factory = MODELS[name]
+    hints = typing.get_type_hints(factory.__init__)
+    fields: dict[str, Any] = {"name": (str, ...)}
+    for param in list(inspect.signature(factory).parameters.values()):
+        if param.name in ("self", "input_dims") or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hints.get(param.name, Any), default)
+    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+
+
+def _format(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})" if e["type"] != "missing"
+                     else f"  {key}: required key missing")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "data.modalities=[text]"]`` -> nested dict (values parsed as YAML)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return nested
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
+    """Validate a config mapping; errors name ``source`` and every bad key."""
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid configuration\n{_format(err)}") from None
+    name = config.model.get("name")
+    if name not in MODELS:
+        raise ConfigError(f"{source}: model.name must be one of {sorted(MODELS)}, got {name!r}")
+    try:
+        options = _options_schema(name).model_validate(config.model)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: invalid model options for {name!r}\n{_format(err, 'model')}") from None
+    config.model = {k: v for k, v in options.model_dump().items() if k in config.model}
+    return config
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a YAML run config, applying ``key.path=value`` overrides first."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
+    return validate_config(_merge(raw, parse_overrides(overrides or [])), str(path))
+
+
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as YAML (what a run folder keeps)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

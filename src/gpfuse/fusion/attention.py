@@ -1,0 +1,107 @@
+"""Cross-modal attention: one-way, symmetric (GRF) and two-way (BiPVL-Seg).
+
+Masks follow one convention across gpfuse: (B, L) bool, True where a step is real. A padded step never
+changes the output at a real step.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from gpfuse.fusion.pooling import key_padding_mask
+
+__all__ = ["CrossAttention", "SymmetricCrossAttention", "TwoWayAttention"]
+
+
+def _check_heads(dim: int, num_heads: int) -> None:
+    if dim % num_heads:
+        raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+
+
+class CrossAttention(nn.Module):
+    """One-way cross-attention: ``query`` reads ``context``.
+
+    ``out = LN(query + dropout(MHA(query, context, context)))`` with ``residual=True``; with
+    ``residual=False`` the attention output itself (PGF-Net's ``H_cross``, which its gate then mixes
+    with the query).
+
+    Shapes: ``query`` (B, Lq, D), ``context`` (B, Lk, D), ``context_mask`` (B, Lk) -> (B, Lq, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.0, residual: bool = True) -> None:
+        super().__init__()
+        _check_heads(dim, num_heads)
+        self.attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.residual = residual
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim) if residual else nn.Identity()
+
+    def forward(self, query: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        out, _ = self.attn(query, context, context, key_padding_mask=key_padding_mask(context_mask),
+                           need_weights=False)
+        return self.norm(query + self.dropout(out)) if self.residual else out
+
+
+class SymmetricCrossAttention(nn.Module):
+    """GRF's symmetric cross-attention (Sec. 3.2): two Transformer-decoder stacks, ``a`` attends to ``b``
+    and ``b`` attends to ``a``, each with self-attention, cross-attention and a feed-forward per layer.
+
+    Args:
+        dim: model size D. num_heads: attention heads. num_layers: decoder layers per direction.
+        ffn_dim: feed-forward size. dropout: dropout inside the decoder layers.
+
+    Shapes: ``a`` (B, La, D), ``b`` (B, Lb, D), masks (B, La) / (B, Lb) -> (a', b') of the input shapes.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, num_layers: int = 4, ffn_dim: int = 256,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        _check_heads(dim, num_heads)
+
+        def stack() -> nn.TransformerDecoder:
+            layer = nn.TransformerDecoderLayer(dim, num_heads, ffn_dim, dropout, batch_first=True)
+            return nn.TransformerDecoder(layer, num_layers)
+
+        self.a_to_b = stack()
+        self.b_to_a = stack()
+
+    def forward(self, a: Tensor, b: Tensor, a_mask: Tensor | None = None,
+                b_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        pad_a, pad_b = key_padding_mask(a_mask), key_padding_mask(b_mask)
+        a_new = self.a_to_b(a, b, tgt_key_padding_mask=pad_a, memory_key_padding_mask=pad_b)
+        b_new = self.b_to_a(b, a, tgt_key_padding_mask=pad_b, memory_key_padding_mask=pad_a)
+        return a_new, b_new
+
+
+class TwoWayAttention(nn.Module):
+    """BiPVL-Seg's two-way attention block (after SAM's): self-attention on ``a``, ``a -> b``
+    cross-attention, MLP on ``a``, ``b -> a`` cross-attention, MLP on ``b``; each a residual + LayerNorm.
+
+    Shapes: ``a`` (B, La, D) (e.g. class-text tokens), ``b`` (B, Lb, D) (e.g. flattened volume
+    features) -> (a', b') of the input shapes.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 4, mlp_dim: int = 512, dropout: float = 0.0) -> None:
+        super().__init__()
+        _check_heads(dim, num_heads)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.a_reads_b = CrossAttention(dim, num_heads, dropout)
+        self.b_reads_a = CrossAttention(dim, num_heads, dropout)
+        self.mlp_a = self._mlp(dim, mlp_dim, dropout)
+        self.mlp_b = self._mlp(dim, mlp_dim, dropout)
+        self.norm_self = nn.LayerNorm(dim)
+        self.norm_mlp_a = nn.LayerNorm(dim)
+        self.norm_mlp_b = nn.LayerNorm(dim)
+
+    @staticmethod
+    def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    def forward(self, a: Tensor, b: Tensor, a_mask: Tensor | None = None,
+                b_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        attn, _ = self.self_attn(a, a, a, key_padding_mask=key_padding_mask(a_mask), need_weights=False)
+        a = self.norm_self(a + attn)
+        a = self.a_reads_b(a, b, b_mask)
+        a = self.norm_mlp_a(a + self.mlp_a(a))
+        b = self.b_reads_a(b, a, a_mask)
+        b = self.norm_mlp_b(b + self.mlp_b(b))
+        return a, b

@@ -1,0 +1,6 @@
+"""Evaluation metrics (pure functions; a leaf package that imports nothing else of gpfuse)."""
+from __future__ import annotations
+
+from gpfuse.metrics.sentiment import mosi_regression_metrics
+
+__all__ = ["mosi_regression_metrics"]

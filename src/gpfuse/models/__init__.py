@@ -1,0 +1,32 @@
+"""Models, one file per system, built by name: ``create_model("grf", input_dims=..., **options)``."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from gpfuse.models.grf import GRF, UnimodalRegressor
+from gpfuse.models.io import load_pretrained, save_pretrained
+from gpfuse.models.outputs import RegressionOutput
+
+__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "RegressionOutput", "save_pretrained",
+           "load_pretrained"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "grf": GRF,
+    "unimodal": UnimodalRegressor,
+}
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build model ``name``; the name and options are kept on ``model.gpfuse_config`` for saving."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    try:
+        model = factory(**options)
+    except TypeError as err:
+        raise TypeError(f"bad options for model {name!r}: {err}") from err
+    model.gpfuse_config = {"name": name, "options": options}
+    return model

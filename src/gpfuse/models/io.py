@@ -1,0 +1,66 @@
+"""Saving and loading gpfuse models: weights as safetensors, the recipe as JSON beside them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gpfuse.utils.files import atomic_path, atomic_write_text
+
+__all__ = ["save_pretrained", "load_pretrained", "CheckpointMismatchError"]
+
+WEIGHTS, CONFIG = "model.safetensors", "model.json"
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was made for another model or another configuration."""
+
+
+def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` (name + options) into ``folder``, atomically."""
+    config = getattr(model, "gpfuse_config", None)
+    if config is None:
+        raise ValueError("only models built with gpfuse.models.create_model can be saved (no gpfuse_config)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"gpfuse_model": config["name"]})
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=2, sort_keys=True))
+    return folder
+
+
+def load_pretrained(folder: str | Path, expected_name: str | None = None) -> nn.Module:
+    """Rebuild the model described by ``folder/model.json`` and load its weights.
+
+    Raises :class:`CheckpointMismatchError` naming the file when the model is not ``expected_name`` or the
+    weights do not fit the configuration (missing, unexpected or differently shaped tensors).
+    """
+    from gpfuse.models import create_model
+
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG, folder / WEIGHTS
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"no {path.name} in {folder}: not a saved gpfuse model")
+    try:
+        config = json.loads(config_path.read_text())
+        name, options = config["name"], config["options"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_path}: not a gpfuse model config ({err})") from err
+    if expected_name is not None and name != expected_name:
+        raise CheckpointMismatchError(f"{config_path} holds a {name!r} model, expected {expected_name!r}")
+    model = create_model(name, **options)
+    state = load_file(str(weights_path))
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shapes:
+        raise CheckpointMismatchError(
+            f"{weights_path} does not fit the {name!r} model of {config_path}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}")
+    model.load_state_dict(state)
+    return model

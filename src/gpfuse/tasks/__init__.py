@@ -1,0 +1,1 @@
+"""Tasks: Lightning modules, data modules and the run orchestration behind the CLI."""

@@ -1,0 +1,36 @@
+"""Model cost figures: parameters (total, trainable), forward FLOPs and forward time on synthetic input."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["synthetic_batch", "profile_model"]
+
+
+def synthetic_batch(input_dims: dict[str, int], batch_size: int = 32, seq_len: int = 50) -> dict[str, torch.Tensor]:
+    """Random (B, L, D) features with all-real masks for each modality."""
+    batch: dict[str, torch.Tensor] = {}
+    for m, dim in input_dims.items():
+        batch[m] = torch.randn(batch_size, seq_len, dim)
+        batch[f"{m}_mask"] = torch.ones(batch_size, seq_len, dtype=torch.bool)
+    return batch
+
+
+@torch.no_grad()
+def profile_model(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeats: int = 10) -> dict[str, Any]:
+    """Parameters, FLOPs of one forward pass (torch's FlopCounterMode) and its mean wall time in ms."""
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(batch)
+    model(batch)  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model(batch)
+    elapsed = (time.perf_counter() - start) / repeats
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "gflops": counter.get_total_flops() / 1e9, "forward_ms": 1000 * elapsed}

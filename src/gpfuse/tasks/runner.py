@@ -1,0 +1,196 @@
+"""Train, evaluate and predict from a run folder; several seeds summarised as mean ± std.
+
+A run folder (``<output_dir>/<name>/seed_<seed>/``) holds: ``config.yaml`` (resolved), ``command.txt``,
+``splits/{train,valid,test}.txt``, ``data_stats.json``, ``checkpoints/{best,last}.ckpt``,
+``logs/metrics.csv``, ``metrics.json``, ``loss.png``, ``gates.png`` and the final weights in ``model/``
+(safetensors + JSON). Lightning writes checkpoints atomically; gpfuse writes everything else through
+a temporary file and a rename.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from gpfuse.config import RunConfig, dump_config, validate_config
+from gpfuse.models import create_model, load_pretrained, save_pretrained
+from gpfuse.models.io import CheckpointMismatchError
+from gpfuse.tasks.plots import plot_run
+from gpfuse.tasks.regression import RegressionTask
+from gpfuse.tasks.sentiment_data import SPLITS, SentimentDataModule
+from gpfuse.utils.files import atomic_path, atomic_write_text
+
+__all__ = ["run_dir_for", "train", "train_seeds", "evaluate", "predict", "summarise", "load_run_config"]
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_for(config: RunConfig, seed: int | None = None) -> Path:
+    return Path(config.output_dir) / config.name / f"seed_{config.train.seed if seed is None else seed}"
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a gpfuse run folder (no config.yaml)")
+    return validate_config(yaml.safe_load(path.read_text()), str(path))
+
+
+def _check_resumable(run_dir: Path, config: RunConfig, resume: bool) -> Path | None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not resume:
+        if (run_dir / "config.yaml").exists():
+            raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it, or change "
+                                  "name/output_dir (nothing was overwritten)")
+        return None
+    if not last.is_file():
+        raise FileNotFoundError(f"cannot resume: no checkpoint at {last}")
+    saved = load_run_config(run_dir)
+    for section in ("data", "model"):
+        old, new = getattr(saved, section), getattr(config, section)
+        old = old.model_dump() if hasattr(old, "model_dump") else old
+        new = new.model_dump() if hasattr(new, "model_dump") else new
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise CheckpointMismatchError(f"{last} was made with another {section} config: "
+                                          + ", ".join(f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
+    return last
+
+
+def _task(config: RunConfig, model: torch.nn.Module) -> RegressionTask:
+    t = config.train
+    return RegressionTask(model, loss=t.loss, aux_weight=t.aux_weight, lr=t.lr, weight_decay=t.weight_decay,
+                          warmup_epochs=t.warmup_epochs, max_epochs=t.max_epochs, min_lr=t.min_lr)
+
+
+def _trainer(config: RunConfig, run_dir: Path | None = None, callbacks: list | None = None) -> L.Trainer:
+    t = config.train
+    return L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
+        deterministic=t.deterministic, gradient_clip_val=t.grad_clip, callbacks=callbacks or [],
+        logger=CSVLogger(run_dir, name="", version="logs") if run_dir else False,
+        default_root_dir=run_dir, enable_checkpointing=bool(run_dir), enable_model_summary=False,
+        log_every_n_steps=10)
+
+
+def _strip(metrics: dict[str, Any], stage: str) -> dict[str, float]:
+    return {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith(f"{stage}/")}
+
+
+def _count(model: torch.nn.Module) -> dict[str, int]:
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
+def train(config: RunConfig, resume: bool = False, command: str = "", callbacks: list | None = None) -> dict[str, Any]:
+    """Train one seed (``config.train.seed``), select on validation, test once with the best checkpoint."""
+    run_dir = run_dir_for(config)
+    last = _check_resumable(run_dir, config, resume)
+    L.seed_everything(config.train.seed, workers=True)
+    data = SentimentDataModule(config.data)
+    data.setup()
+    model = create_model(config.model["name"], input_dims=data.input_dims, **config.model_options())
+    task = _task(config, model)
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", dump_config(config))
+        data.save_split_lists(run_dir / "splits")
+        data.save_stats(run_dir / "data_stats.json")
+    if command:
+        with (run_dir / "command.txt").open("a") as f:
+            f.write(command + "\n")
+    t = config.train
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor,
+                                 mode=t.monitor_mode, save_last=True, save_top_k=1)
+    stopper = EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.patience)
+    trainer = _trainer(config, run_dir, [checkpoint, stopper, *(callbacks or [])])
+    trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None)
+    best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    valid = _strip(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False)[0], "valid")
+    test = _strip(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False)[0], "test")
+    save_pretrained(model, run_dir / "model")
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
+    metrics = {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": trainer.current_epoch,
+               "parameters": _count(model), "seed": config.train.seed}
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    plot_run(run_dir / "logs" / "metrics.csv", run_dir)
+    return metrics
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """``{stage: {metric: [mean, std]}}`` over seeds (std with ddof=0 for one seed, else ddof=1)."""
+    summary: dict[str, dict[str, list[float]]] = {}
+    for stage in ("valid", "test"):
+        keys = results[0][stage].keys()
+        summary[stage] = {}
+        for k in keys:
+            values = np.array([r[stage][k] for r in results], dtype=float)
+            summary[stage][k] = [float(values.mean()), float(values.std(ddof=1 if len(values) > 1 else 0))]
+    return summary
+
+
+def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, command: str = "") -> dict[str, Any]:
+    """Train one run per seed; writes ``<output_dir>/<name>/summary.json`` with mean ± std of every metric."""
+    results = []
+    for seed in seeds:
+        seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+        resume_this = resume and (run_dir_for(seeded) / "checkpoints" / "last.ckpt").is_file()
+        if resume and not resume_this and (run_dir_for(seeded) / "metrics.json").is_file():
+            results.append(json.loads((run_dir_for(seeded) / "metrics.json").read_text()))
+            continue
+        results.append(train(seeded, resume=resume_this, command=command))
+    summary = {"seeds": seeds, "parameters": results[0]["parameters"], **summarise(results)}
+    atomic_write_text(Path(config.output_dir) / config.name / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _load(run_dir: Path, data_root: str | None = None) -> tuple[RunConfig, SentimentDataModule, torch.nn.Module]:
+    config = load_run_config(run_dir)
+    if data_root is not None:
+        config = config.model_copy(update={"data": config.data.model_copy(update={"root": data_root})})
+    stats_path = run_dir / "data_stats.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
+    data = SentimentDataModule(config.data, stats=stats or None, required_splits=() if data_root else SPLITS)
+    model = load_pretrained(run_dir / "model", expected_name=config.model["name"])
+    data.setup()
+    expected = model.gpfuse_config["options"].get("input_dims")
+    if data.input_dims != expected:
+        raise CheckpointMismatchError(f"{run_dir / 'model'} expects inputs {expected}, the data gives {data.input_dims}")
+    return config, data, model
+
+
+def evaluate(run_dir: str | Path) -> dict[str, dict[str, float]]:
+    """Re-evaluate a finished run's saved model on its valid and test splits."""
+    run_dir = Path(run_dir)
+    config, data, model = _load(run_dir)
+    trainer = _trainer(config)
+    task = _task(config, model)
+    return {"valid": _strip(trainer.validate(task, dataloaders=data.loader("valid"), verbose=False)[0], "valid"),
+            "test": _strip(trainer.test(task, dataloaders=data.loader("test"), verbose=False)[0], "test")}
+
+
+def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path:
+    """Score every utterance of every split under ``data_root`` (same layout as the run's data) and write
+    ``id,split,score,label`` to the CSV ``out``."""
+    run_dir = Path(run_dir)
+    config, data, model = _load(run_dir, str(data_root))
+    trainer = _trainer(config)
+    task = _task(config, model)
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "split", "score", "label"])
+        for split, features in data.splits.items():
+            if len(features) == 0:
+                continue
+            scores = torch.cat(trainer.predict(task, dataloaders=data.loader(split)))
+            for i, score, label in zip(features.ids, scores.tolist(), features.labels.tolist()):
+                writer.writerow([i, split, f"{score:.6f}", f"{label:.4f}"])
+    return Path(out)

@@ -1,0 +1,183 @@
+"""The sentiment DataModule: any supported layout -> masked, standardised tensors.
+
+It joins the data leaves (file layouts) and the encoders (text token states, cached on disk).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from gpfuse.config import DataConfig
+from gpfuse.data.features import SplitFeatures, load_features_npz
+from gpfuse.data.mosi import load_mosi_folder
+from gpfuse.data.synthetic import write_synthetic_mosi
+from gpfuse.encoders.text import encode_texts, resolve_text_model
+from gpfuse.utils.files import atomic_path, atomic_write_text
+
+__all__ = ["SentimentDataModule", "FeatureDataset", "default_cache_dir"]
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "valid", "test")
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("GPFUSE_CACHE", Path.home() / ".cache" / "gpfuse"))
+
+
+class FeatureDataset(Dataset):
+    """Items ``{m: (L, D) float, f"{m}_mask": (L,) bool, "label": () float, "index": () long}``."""
+
+    def __init__(self, split: SplitFeatures, modalities: list[str]) -> None:
+        self.split = split
+        self.features = {m: torch.from_numpy(np.ascontiguousarray(split.features[m])) for m in modalities}
+        self.masks = {m: torch.from_numpy(split.masks[m]) for m in modalities}
+        self.labels = torch.from_numpy(split.labels.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {m: x[i] for m, x in self.features.items()}
+        item.update({f"{m}_mask": k[i] for m, k in self.masks.items()})
+        item["label"], item["index"] = self.labels[i], torch.tensor(i)
+        return item
+
+
+class SentimentDataModule(L.LightningDataModule):
+    """Reads ``config`` once in :meth:`setup`: text token states come from the frozen text encoder (cached
+    per text set), sequences are checked against ``max_len`` and cropped to it, and non-text features
+    are standardised with train statistics over real steps (kept in :attr:`stats` for prediction)."""
+
+    def __init__(self, config: DataConfig, stats: dict[str, dict[str, list[float]]] | None = None,
+                 required_splits: tuple[str, ...] = SPLITS) -> None:
+        super().__init__()
+        self.config = config
+        self.required_splits = required_splits
+        self.stats = stats
+        self.splits: dict[str, SplitFeatures] = {}
+
+    # ---- reading ----------------------------------------------------------------------------------
+    def _read(self) -> dict[str, SplitFeatures]:
+        cfg = self.config
+        root = Path(cfg.root)
+        if cfg.source == "mosi":
+            if not (root / "labels.csv").is_file():
+                if not cfg.synthetic_if_missing:
+                    raise FileNotFoundError(f"CMU-MOSI not found at {root} (labels.csv missing); set data.root")
+                log.warning("CMU-MOSI not found at %s: generating SYNTHETIC data in the same layout", root)
+                root = write_synthetic_mosi(default_cache_dir() / "synthetic_mosi")
+            return load_mosi_folder(root, [m for m in cfg.modalities if m in ("text", "audio")])
+        if cfg.source == "pickle":
+            from gpfuse.data.sentiment_pickles import load_feature_pickle
+
+            return load_feature_pickle(root, layout=cfg.layout, modalities=cfg.modalities)
+        return load_features_npz(root)
+
+    def _text_states(self, texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        cfg = self.config
+        model_dir = resolve_text_model(cfg.text_model)
+        digest = hashlib.sha256()
+        for part in (model_dir.name, (model_dir / "config.json").read_text(), str(cfg.max_len.get("text", 50)),
+                     "\n".join(texts.tolist())):
+            digest.update(part.encode())
+        cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        path = cache / f"text_{digest.hexdigest()[:20]}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                return data["states"], data["mask"]
+        states, mask = encode_texts(texts.tolist(), cfg.text_model, cfg.max_len.get("text", 50))
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, states=states, mask=mask)
+        return states, mask
+
+    def _add_text(self, splits: dict[str, SplitFeatures]) -> None:
+        for name, split in splits.items():
+            if "text" in split.features:
+                continue
+            if split.texts is None:
+                raise ValueError(f"split {name!r} has neither text features nor raw text")
+            split.features["text"], split.masks["text"] = self._text_states(split.texts)
+
+    # ---- checks and normalisation -----------------------------------------------------------------
+    def _check_and_crop(self, splits: dict[str, SplitFeatures]) -> None:
+        for name in self.required_splits:
+            if name not in splits or len(splits[name]) == 0:
+                raise ValueError(f"split {name!r} is empty or missing in {self.config.root}")
+        for name, split in splits.items():
+            for m in self.config.modalities:
+                if m not in split.features:
+                    raise KeyError(f"modality {m!r} not in split {name!r} of {self.config.root}; "
+                                   f"found {sorted(split.features)}")
+                limit = self.config.max_len.get(m)
+                if limit is None:
+                    continue
+                lengths = split.masks[m].sum(axis=1)
+                too_long = np.flatnonzero(lengths > limit)
+                if too_long.size:
+                    i = too_long[0]
+                    raise ValueError(f"{self.config.root}: {m} of {split.ids[i]!r} ({name}) has {lengths[i]} steps, "
+                                     f"more than data.max_len.{m}={limit} ({too_long.size} such sequences)")
+                keep = split.masks[m].any(axis=0).nonzero()[0]
+                end = max(int(keep.max()) + 1 if keep.size else 1, 1)
+                split.features[m], split.masks[m] = split.features[m][:, :end], split.masks[m][:, :end]
+
+    def _standardise(self, splits: dict[str, SplitFeatures]) -> None:
+        if not self.config.standardize:
+            return
+        if self.stats is None:
+            train = splits["train"]
+            self.stats = {}
+            for m in self.config.modalities:
+                if m == "text":
+                    continue
+                real = train.features[m][train.masks[m]]
+                self.stats[m] = {"mean": real.mean(0).tolist(), "std": (real.std(0) + 1e-6).tolist()}
+        for split in splits.values():
+            for m, s in self.stats.items():
+                x = (split.features[m] - np.float32(s["mean"])) / np.float32(s["std"])
+                split.features[m] = np.where(split.masks[m][..., None], x, 0.0).astype(np.float32)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        splits = self._read()
+        if "text" in self.config.modalities:
+            self._add_text(splits)
+        self._check_and_crop(splits)
+        self._standardise(splits)
+        self.splits = splits
+
+    # ---- what a run needs -------------------------------------------------------------------------
+    @property
+    def input_dims(self) -> dict[str, int]:
+        split = next(iter(self.splits.values()))
+        return {m: int(split.features[m].shape[-1]) for m in self.config.modalities}
+
+    def save_split_lists(self, folder: Path) -> None:
+        for name, split in self.splits.items():
+            atomic_write_text(folder / f"{name}.txt", "\n".join(split.ids.tolist()) + "\n")
+
+    def save_stats(self, path: Path) -> None:
+        atomic_write_text(path, json.dumps(self.stats or {}))
+
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        dataset = FeatureDataset(self.splits[split], self.config.modalities)
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
+                          num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader("test")

@@ -1,0 +1,24 @@
+"""Shared fixtures: deterministic seeds and the location of the shared datasets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GPFUSE_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def mosi_root() -> Path:
+    root = SHARED_DATA / "mosi"
+    if not (root / "labels.csv").is_file():
+        pytest.skip(f"real CMU-MOSI not found at {root} (set GPFUSE_DATA to the shared data folder)")
+    return root
