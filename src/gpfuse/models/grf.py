@@ -33,7 +33,8 @@ class GRF(nn.Module):
 
     Args:
         input_dims: feature size of each modality, e.g. ``{"text": 384, "audio": 73}``.
-        order: fusion order (an ablation in the paper); default text -> audio -> vision.
+        order: fusion order (an ablation in the paper); default: the order of ``input_dims``
+            (text -> audio -> vision for the sentiment data).
         d_model, num_heads, num_layers, ffn_dim, dropout: public defaults 64, 4, 4, 256, 0.2;
             ``num_layers`` decoder layers per direction in each block.
         gate: the binary fusion closing each block (``"gfu"``; ``"fixed_gate"``, ``"sum"``,
@@ -44,12 +45,12 @@ class GRF(nn.Module):
     in ``order`` (an absent modality is skipped). Output: :class:`RegressionOutput` with ``score`` (B,).
     """
 
-    def __init__(self, input_dims: dict[str, int], order: Sequence[str] = ("text", "audio", "vision"),
+    def __init__(self, input_dims: dict[str, int], order: Sequence[str] | None = None,
                  d_model: int = 64, num_heads: int = 4, num_layers: int = 4, ffn_dim: int = 256,
                  dropout: float = 0.2, gate: str = "gfu", aux_head: bool = True, max_len: int = 512) -> None:
         super().__init__()
-        _check_inputs(input_dims, order)
-        self.order = list(order)
+        self.order = list(order or input_dims)
+        _check_inputs(input_dims, self.order)
         self.projections = nn.ModuleDict(
             {m: SequenceProjection(input_dims[m], d_model, max_len, dropout) for m in self.order})
         self.fusion = build_fusion("recursive", order=self.order, block=dict(

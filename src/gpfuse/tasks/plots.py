@@ -1,4 +1,4 @@
-"""Run plots from Lightning's ``metrics.csv``: loss curves and gate values per fusion step."""
+"""Run plots from Lightning's CSV logs: loss curves and gate values per fusion step."""
 from __future__ import annotations
 
 import csv
@@ -6,28 +6,32 @@ from pathlib import Path
 
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["plot_run"]
+__all__ = ["plot_run", "read_epoch_series"]
 
 
-def _columns(metrics_csv: Path) -> dict[str, list[tuple[int, float]]]:
-    series: dict[str, list[tuple[int, float]]] = {}
-    with metrics_csv.open(newline="") as f:
-        for row in csv.DictReader(f):
-            epoch = row.get("epoch")
-            for key, value in row.items():
-                if key not in ("epoch", "step") and value not in ("", None) and epoch not in ("", None):
-                    series.setdefault(key, []).append((int(float(epoch)), float(value)))
-    return series
+def read_epoch_series(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``metric -> [(epoch, value), ...]`` from every ``attempt_*/metrics.csv`` under ``log_dir``; where a
+    resumed attempt logged an epoch again, the later attempt wins."""
+    by_epoch: dict[str, dict[int, float]] = {}
+    attempts = sorted(log_dir.glob("attempt_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    for metrics_csv in attempts:
+        with metrics_csv.open(newline="") as f:
+            for row in csv.DictReader(f):
+                epoch = row.get("epoch")
+                for key, value in row.items():
+                    if key not in ("epoch", "step") and value not in ("", None) and epoch not in ("", None):
+                        by_epoch.setdefault(key, {})[int(float(epoch))] = float(value)
+    return {k: sorted(v.items()) for k, v in by_epoch.items()}
 
 
-def plot_run(metrics_csv: Path, folder: Path) -> list[Path]:
+def plot_run(log_dir: Path, folder: Path) -> list[Path]:
     """Write ``loss.png`` and, when gates were logged, ``gates.png`` into ``folder``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = _columns(metrics_csv)
+    series = read_epoch_series(log_dir)
     written = []
     panels = {
         "loss.png": [k for k in ("train/loss", "valid/loss") if k in series],

@@ -2,7 +2,7 @@
 
 A run folder (``<output_dir>/<name>/seed_<seed>/``) holds: ``config.yaml`` (resolved), ``command.txt``,
 ``splits/{train,valid,test}.txt``, ``data_stats.json``, ``checkpoints/{best,last}.ckpt``,
-``logs/metrics.csv``, ``metrics.json``, ``loss.png``, ``gates.png`` and the final weights in ``model/``
+``logs/attempt_<n>/metrics.csv`` (one per start or resume), ``metrics.json``, ``loss.png``, ``gates.png`` and the final weights in ``model/``
 (safetensors + JSON). Lightning writes checkpoints atomically; gpfuse writes everything else through
 a temporary file and a rename.
 """
@@ -72,12 +72,19 @@ def _task(config: RunConfig, model: torch.nn.Module) -> RegressionTask:
                           warmup_epochs=t.warmup_epochs, max_epochs=t.max_epochs, min_lr=t.min_lr)
 
 
+def _logger(run_dir: Path) -> CSVLogger:
+    """One CSV log per attempt (``logs/attempt_<n>/metrics.csv``): Lightning's CSVLogger deletes an existing
+    file, so a resumed run logs beside the earlier attempts instead of over them."""
+    attempt = len(list((run_dir / "logs").glob("attempt_*")))
+    return CSVLogger(run_dir / "logs", name="", version=f"attempt_{attempt}")
+
+
 def _trainer(config: RunConfig, run_dir: Path | None = None, callbacks: list | None = None) -> L.Trainer:
     t = config.train
     return L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=t.precision,
         deterministic=t.deterministic, gradient_clip_val=t.grad_clip, callbacks=callbacks or [],
-        logger=CSVLogger(run_dir, name="", version="logs") if run_dir else False,
+        logger=_logger(run_dir) if run_dir else False,
         default_root_dir=run_dir, enable_checkpointing=bool(run_dir), enable_model_summary=False,
         log_every_n_steps=10)
 
@@ -121,7 +128,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     metrics = {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": trainer.current_epoch,
                "parameters": _count(model), "seed": config.train.seed}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
-    plot_run(run_dir / "logs" / "metrics.csv", run_dir)
+    plot_run(run_dir / "logs", run_dir)
     return metrics
 
 

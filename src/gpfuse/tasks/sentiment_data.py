@@ -107,10 +107,12 @@ class SentimentDataModule(L.LightningDataModule):
             split.features["text"], split.masks["text"] = self._text_states(split.texts)
 
     # ---- checks and normalisation -----------------------------------------------------------------
-    def _check_and_crop(self, splits: dict[str, SplitFeatures]) -> None:
+    def _check_splits(self, splits: dict[str, SplitFeatures]) -> None:
         for name in self.required_splits:
             if name not in splits or len(splits[name]) == 0:
                 raise ValueError(f"split {name!r} is empty or missing in {self.config.root}")
+
+    def _check_and_crop(self, splits: dict[str, SplitFeatures]) -> None:
         for name, split in splits.items():
             for m in self.config.modalities:
                 if m not in split.features:
@@ -148,7 +150,8 @@ class SentimentDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        splits = self._read()
+        splits = {k: v for k, v in self._read().items() if len(v) or k in self.required_splits}
+        self._check_splits(splits)
         if "text" in self.config.modalities:
             self._add_text(splits)
         self._check_and_crop(splits)
