@@ -222,3 +222,21 @@ def test_progressive_fusion_shares_or_not_and_returns_gates():
 def test_progressive_fusion_rejects_zero_layers():
     with pytest.raises(ValueError, match="num_layers"):
         build_fusion("progressive", block={"name": "sum"}, num_layers=0)
+
+
+def test_all_pairs_baseline_grows_quadratically_and_respects_masks():
+    names = [f"m{i}" for i in range(5)]
+    params = [sum(p.numel() for p in build_fusion("all_pairs", order=names[:n], dim=D, num_heads=2, num_layers=1,
+                                                  ffn_dim=32).parameters()) for n in range(2, 6)]
+    second = [params[i + 2] - 2 * params[i + 1] + params[i] for i in range(2)]
+    assert second[0] > 0 and second[0] == second[1]  # n(n-1) stacks: constant positive second difference
+    fusion = build_fusion("all_pairs", order=["a", "b"], dim=D, num_heads=2, num_layers=1, ffn_dim=32).eval()
+    inputs = {"a": torch.randn(2, 3, D), "b": torch.randn(2, 4, D)}
+    masks = {m: torch.ones(2, x.shape[1], dtype=torch.bool) for m, x in inputs.items()}
+    ref = fusion(inputs, masks)
+    padded = {m: _pad(x, 2) for m, x in inputs.items()}
+    pmasks = {m: torch.cat([k, torch.zeros(2, 2, dtype=torch.bool)], 1) for m, k in masks.items()}
+    torch.testing.assert_close(fusion(padded, pmasks), ref, atol=1e-5, rtol=1e-5)
+    assert ref.shape == (2, D)
+    fusion.train()
+    _grad_check(fusion, fusion(inputs, masks).square().mean())

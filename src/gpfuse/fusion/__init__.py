@@ -14,14 +14,14 @@ from gpfuse.fusion.attention import CrossAttention, SymmetricCrossAttention, Two
 from gpfuse.fusion.baselines import ConcatFusion, FixedGateFusion, SumFusion
 from gpfuse.fusion.gates import GatedArbitration, GatedFusionUnit, ImageConditionedGate
 from gpfuse.fusion.pooling import masked_mean
-from gpfuse.fusion.stacks import GRFBlock, ProgressiveFusion, RecursiveFusion, RecursiveFusionOutput
+from gpfuse.fusion.stacks import AllPairsCrossAttention, GRFBlock, ProgressiveFusion, RecursiveFusion, RecursiveFusionOutput
 
 __all__ = [
     "BINARY_FUSIONS", "FUSIONS", "build_fusion",
     "ConcatFusion", "SumFusion", "FixedGateFusion",
     "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration",
     "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention",
-    "ProgressiveFusion", "GRFBlock", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
+    "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
 ]
 
 #: Interchangeable two-input fusions ``fuse(a, b, return_gate=False)``, all built from ``dim``.
@@ -66,6 +66,7 @@ FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "grf_block": _grf_block,
     "progressive": _progressive,
     "recursive": _recursive,
+    "all_pairs": AllPairsCrossAttention,
 }
 
 

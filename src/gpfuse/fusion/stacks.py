@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Sequence
 
+import torch
 from torch import Tensor, nn
 
 from gpfuse.fusion.attention import SymmetricCrossAttention
 from gpfuse.fusion.pooling import masked_mean
 
-__all__ = ["ProgressiveFusion", "GRFBlock", "RecursiveFusion", "RecursiveFusionOutput"]
+__all__ = ["ProgressiveFusion", "GRFBlock", "RecursiveFusion", "RecursiveFusionOutput", "AllPairsCrossAttention"]
 
 
 class ProgressiveFusion(nn.Module):
@@ -119,3 +120,36 @@ class RecursiveFusion(nn.Module):
         final = states[-1] if states else masked_mean(state, state_mask)
         return RecursiveFusionOutput(final, states, gates, present[1:])
 
+
+
+class AllPairsCrossAttention(nn.Module):
+    """MulT-style baseline (Tsai et al. 2019): one cross-modal Transformer-decoder stack for every ordered
+    pair (target reads source), so ``n (n - 1)`` stacks: parameters and compute grow quadratically in
+    ``n``. Each target's outputs are masked-mean pooled and concatenated, then projected back to ``dim``.
+
+    Shapes: ``inputs[m]`` (B, L_m, D), ``masks[m]`` (B, L_m) -> (B, D).
+    """
+
+    def __init__(self, order: Sequence[str], dim: int, num_heads: int = 4, num_layers: int = 4,
+                 ffn_dim: int = 256, dropout: float = 0.1) -> None:
+        super().__init__()
+        if len(order) < 2 or len(set(order)) != len(order):
+            raise ValueError(f"order must name at least 2 distinct modalities, got {list(order)}")
+        self.order = list(order)
+
+        def stack() -> nn.TransformerDecoder:
+            layer = nn.TransformerDecoderLayer(dim, num_heads, ffn_dim, dropout, batch_first=True)
+            return nn.TransformerDecoder(layer, num_layers)
+
+        self.pairs = nn.ModuleDict({f"{t}<-{s}": stack() for t in self.order for s in self.order if s != t})
+        self.proj = nn.Linear(len(self.pairs) * dim, dim)
+
+    def forward(self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None) -> Tensor:
+        masks = masks or {}
+        pooled = []
+        for key, stack in self.pairs.items():
+            t, s = key.split("<-")
+            pad_t, pad_s = (None if masks.get(m) is None else ~masks[m] for m in (t, s))
+            out = stack(inputs[t], inputs[s], tgt_key_padding_mask=pad_t, memory_key_padding_mask=pad_s)
+            pooled.append(masked_mean(out, masks.get(t)))
+        return self.proj(torch.cat(pooled, dim=-1))

@@ -24,8 +24,13 @@ def profile_model(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeat
     """Parameters, FLOPs of one forward pass (torch's FlopCounterMode) and its mean wall time in ms."""
     model.eval()
     counter = FlopCounterMode(display=False)
-    with counter:
-        model(batch)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused eval kernels are invisible to the counter
+    try:
+        with counter:
+            model(batch)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     model(batch)  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
