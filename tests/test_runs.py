@@ -100,6 +100,7 @@ def test_datamodule_rejects_too_long_sequences_and_empty_splits(tmp_path, mosi_s
         SentimentDataModule(cfg.data.model_copy(update={"root": str(empty)})).setup()
 
 
+@pytest.mark.slow
 def test_mmsa_pickle_trains_through_the_same_module(tmp_path, cache):
     path = write_mmsa_pickle(tmp_path / "unaligned.pkl", n_per_split=(8, 4, 4))
     cfg = _config(tmp_path, path, cache, max_epochs=1)
@@ -119,6 +120,7 @@ class _Crash(Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_folder_and_evaluates_the_same(tmp_path, mosi_synth, cache):
     cfg = _config(tmp_path, mosi_synth, cache, max_epochs=3)
     metrics = train(cfg, command="gpfuse train tiny")
@@ -139,6 +141,7 @@ def test_train_writes_a_complete_run_folder_and_evaluates_the_same(tmp_path, mos
         train(cfg)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, mosi_synth, cache):
     cfg = _config(tmp_path, mosi_synth, cache, max_epochs=4)
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -151,6 +154,7 @@ def test_interrupted_run_resumes_from_last_checkpoint(tmp_path, mosi_synth, cach
     assert [e for e, _ in series["train/loss"]] == [0, 1, 2, 3]  # nothing of the first attempt was lost
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_config_is_refused(tmp_path, mosi_synth, cache):
     cfg = _config(tmp_path, mosi_synth, cache, max_epochs=1)
     train(cfg)
@@ -161,6 +165,7 @@ def test_resume_with_another_model_config_is_refused(tmp_path, mosi_synth, cache
         train(cfg.model_copy(update={"name": "fresh"}), resume=True)
 
 
+@pytest.mark.slow
 def test_eval_refuses_a_model_of_another_run(tmp_path, mosi_synth, cache):
     cfg = _config(tmp_path, mosi_synth, cache, max_epochs=1)
     train(cfg)
@@ -175,6 +180,7 @@ def test_eval_refuses_a_model_of_another_run(tmp_path, mosi_synth, cache):
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_cli_train_seeds_eval_info_profile(tmp_path, mosi_synth, cache):
     cfg = tmp_path / "tiny.yaml"
     raw = _config(tmp_path, mosi_synth, cache, max_epochs=1).model_dump(mode="json")
