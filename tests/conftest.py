@@ -22,3 +22,11 @@ def mosi_root() -> Path:
     if not (root / "labels.csv").is_file():
         pytest.skip(f"real CMU-MOSI not found at {root} (set GPFUSE_DATA to the shared data folder)")
     return root
+
+
+@pytest.fixture
+def cuhk01_root() -> Path:
+    root = SHARED_DATA / "cuhk01"
+    if not (root / "campus").is_dir():
+        pytest.skip(f"real CUHK01 not found at {root / 'campus'} (set GPFUSE_DATA to the shared data folder)")
+    return root

@@ -240,3 +240,46 @@ def test_all_pairs_baseline_grows_quadratically_and_respects_masks():
     assert ref.shape == (2, D)
     fusion.train()
     _grad_check(fusion, fusion(inputs, masks).square().mean())
+
+
+# ---- GPF-Net's gated progressive layers --------------------------------------------------------------
+
+def _gpf(share=True):
+    return build_fusion("gpf_progressive", dim=D, num_layers=4, num_heads=2, ffn_dim=32, dropout=0.0,
+                        share_layers=share)
+
+
+def _joint(batch=3, length=6):
+    x = torch.randn(batch, 1 + length, D)
+    mask = torch.ones(batch, 1 + length, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[2, 1:] = False  # no report for sample 2: image token only
+    return x, mask
+
+
+def test_gpf_stack_shapes_gates_grad_and_sharing():
+    shared, separate = _gpf(True), _gpf(False)
+    n_shared = sum(p.numel() for p in shared.parameters())
+    n_separate = sum(p.numel() for p in separate.parameters())
+    layer = separate.blocks[0]
+    per_layer_shared = sum(p.numel() for p in [*layer.attn.parameters(), *layer.ffn.parameters()])
+    assert n_separate - n_shared == 3 * per_layer_shared  # attention + FFN stored once instead of 4 times
+    assert shared.blocks[0].attn is shared.blocks[3].attn and shared.blocks[0].norm_in is not shared.blocks[3].norm_in
+    x, mask = _joint()
+    out, gates = shared(x, mask=mask, return_gate=True)
+    assert out.shape == x.shape and len(gates) == 4 and gates[0].shape == (3, 1, D)
+    _grad_check(shared, out[:, 0].square().mean())
+
+
+def test_gpf_stack_masks_and_batch_independence():
+    stack = _gpf().eval()
+    x, mask = _joint()
+    with torch.no_grad():
+        ref = stack(x, mask=mask)
+        garbage = x.clone()
+        garbage[~mask] = 1e3  # padded text tokens change nothing at real positions
+        torch.testing.assert_close(stack(garbage, mask=mask)[mask], ref[mask], atol=1e-4, rtol=1e-4)
+        alone = torch.cat([stack(x[i:i + 1], mask=mask[i:i + 1]) for i in range(3)])
+        torch.testing.assert_close(alone[mask], ref[mask], atol=1e-5, rtol=1e-5)
+        image_only = stack(x[2:3, :1], mask=mask[2:3, :1])  # no text tokens at all
+    torch.testing.assert_close(image_only[:, 0], ref[2:3, 0], atol=1e-5, rtol=1e-5)

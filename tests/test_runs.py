@@ -36,7 +36,7 @@ def cache(tmp_path_factory) -> Path:
 def _config(tmp_path, root, cache, **train):
     raw = {
         "name": "tiny", "output_dir": str(tmp_path / "runs"),
-        "data": {"root": str(root), "cache_dir": str(cache), "batch_size": 8, "max_len": {"text": 24, "audio": 1}},
+        "data": {"source": "mosi", "root": str(root), "cache_dir": str(cache), "batch_size": 8, "max_len": {"text": 24, "audio": 1}},
         "model": {"name": "grf", "order": ["text", "audio"], "d_model": 16, "num_heads": 2, "num_layers": 1,
                   "ffn_dim": 32},
         "train": {"max_epochs": 2, "warmup_epochs": 1, "accelerator": "cpu", **train},
@@ -53,14 +53,15 @@ def test_shipped_configs_are_valid(path):
 
 def test_config_errors_name_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "model": {"name": "grf"}, "train": {"lr": 1e-3, "epochz": 3}}))
+    path.write_text(yaml.safe_dump({"name": "x", "data": {"source": "mosi"}, "model": {"name": "grf"},
+                                    "train": {"lr": 1e-3, "epochz": 3}}))
     with pytest.raises(ConfigError, match=r"c.yaml.*\n  train.epochz: Extra inputs"):
         load_config(path)
-    path.write_text(yaml.safe_dump({"name": "x", "model": {"name": "grf", "d_model": "big"}}))
+    path.write_text(yaml.safe_dump({"name": "x", "data": {"source": "mosi"}, "model": {"name": "grf", "d_model": "big"}}))
     with pytest.raises(ConfigError, match=r"model.d_model: Input should be a valid integer"):
         load_config(path)
     with pytest.raises(ConfigError, match="model.name must be one of"):
-        validate_config({"name": "x", "model": {"name": "nope"}})
+        validate_config({"name": "x", "data": {"source": "mosi"}, "model": {"name": "nope"}})
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(path, ["train.lr"])
     with pytest.raises(ConfigError, match="not found"):

@@ -1,6 +1,7 @@
 """Run configuration: YAML validated on load with pydantic.
 
-A config has four sections (``name`` and ``output_dir`` at the top): ``data``, ``model``, ``train``.
+A config has ``name``, ``output_dir`` and three sections: ``data`` (its ``source`` picks the layout and so
+the task: sentiment regression or re-identification), ``model``, ``train``.
 ``model`` is checked against the signature of the chosen model's constructor, so an unknown key or a
 wrong type is reported with its dotted key and the file, before anything runs.
 """
@@ -9,14 +10,14 @@ from __future__ import annotations
 import inspect
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gpfuse.models import MODELS
 
-__all__ = ["ConfigError", "DataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
 
 
 class ConfigError(ValueError):
@@ -27,8 +28,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Strict):
-    """Where the data is and how it becomes tensors."""
+class SentimentDataConfig(_Strict):
+    """Utterance-level sentiment features: where they are and how they become tensors."""
 
     source: Literal["mosi", "pickle", "npz"] = "mosi"
     root: str = "../shared/data/mosi"
@@ -43,6 +44,32 @@ class DataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
 
 
+class ReIDDataConfig(_Strict):
+    """Re-identification images (+ reports): layout, fold or split, transforms, sampling, evaluation."""
+
+    source: Literal["colo_pair", "market1501", "cuhk01"]
+    root: str
+    fold: int = Field(0, ge=0, description="Colo-Pair fold, or CUHK01 random split index")
+    num_folds: int = Field(4, ge=2)
+    val_ids: int = Field(2, ge=0, description="training videos (Colo-Pair) or identities carved for validation")
+    report_table: str | None = None
+    missing_report: Literal["error", "empty"] = "error"
+    image_size: tuple[int, int] = (224, 224)
+    pad: int = Field(10, ge=0)
+    batch_size: int = Field(32, ge=2)
+    num_instances: int = Field(4, ge=1, description="images per identity in a batch (P x K sampler)")
+    eval_batch_size: int = Field(64, ge=1)
+    num_workers: int = Field(0, ge=0)
+    on_bad_image: Literal["raise", "skip"] = "raise"
+    protocols: list[Literal["own", "query"]] = Field(default_factory=lambda: ["own", "query"])
+    select_protocol: Literal["own", "query"] = "own"
+    metric: Literal["euclidean", "cosine"] = "euclidean"
+
+
+DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig], Field(discriminator="source")]
+TASK_OF_DATA = {SentimentDataConfig: "regression", ReIDDataConfig: "retrieval"}
+
+
 class TrainConfig(_Strict):
     """Optimisation and the Lightning trainer (GRF public recipe as defaults)."""
 
@@ -53,8 +80,13 @@ class TrainConfig(_Strict):
     min_lr: float = Field(1e-6, ge=0)
     patience: int = Field(20, ge=1)
     grad_clip: float | None = 1.0
+    lr_backbone: float | None = Field(None, gt=0, description="retrieval: lr of image/text encoders")
     loss: Literal["l1", "mse"] = "l1"
     aux_weight: float = Field(0.4, ge=0)
+    margin: float = Field(0.3, ge=0, description="retrieval: triplet margin")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    id_weight: float = Field(1.0, ge=0)
+    triplet_weight: float = Field(1.0, ge=0)
     seed: int = 1111
     deterministic: bool = True
     accelerator: str = "auto"
@@ -66,24 +98,32 @@ class TrainConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str
-    task: Literal["regression"] = "regression"
     output_dir: str = "runs"
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig
     model: dict[str, Any]
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @property
+    def task(self) -> str:
+        """``regression`` (sentiment data) or ``retrieval`` (re-identification data)."""
+        return TASK_OF_DATA[type(self.data)]
 
     def model_options(self) -> dict[str, Any]:
         """The model section without its ``name``."""
         return {k: v for k, v in self.model.items() if k != "name"}
 
 
+#: model arguments that come from the data at run time, never from a config
+RUNTIME_OPTIONS = ("input_dims", "num_classes")
+
+
 def _options_schema(name: str) -> type[BaseModel]:
-    """A strict pydantic model built from the constructor signature of model ``name`` (less input_dims)."""
+    """A strict pydantic model built from the constructor signature of model ``name`` (less RUNTIME_OPTIONS)."""
     factory = MODELS[name]
     hints = typing.get_type_hints(factory.__init__)
     fields: dict[str, Any] = {"name": (str, ...)}
     for param in list(inspect.signature(factory).parameters.values()):
-        if param.name in ("self", "input_dims") or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+        if param.name in RUNTIME_OPTIONS or param.name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (hints.get(param.name, Any), default)
@@ -92,8 +132,10 @@ def _options_schema(name: str) -> type[BaseModel]:
 
 def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
+    tags = {"mosi", "pickle", "npz", "colo_pair", "market1501", "cuhk01"}  # union tags pydantic adds to the path
     for e in err.errors():
-        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "data" and p in tags)]
+        key = ".".join(str(p) for p in (prefix, *loc) if p != "")
         lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})" if e["type"] != "missing"
                      else f"  {key}: required key missing")
     return "\n".join(lines)

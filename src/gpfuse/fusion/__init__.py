@@ -12,6 +12,7 @@ from torch import nn
 
 from gpfuse.fusion.attention import CrossAttention, SymmetricCrossAttention, TwoWayAttention
 from gpfuse.fusion.baselines import ConcatFusion, FixedGateFusion, SumFusion
+from gpfuse.fusion.gpf import GatedProgressiveLayer, gated_progressive_stack
 from gpfuse.fusion.gates import GatedArbitration, GatedFusionUnit, ImageConditionedGate
 from gpfuse.fusion.pooling import masked_mean
 from gpfuse.fusion.stacks import AllPairsCrossAttention, GRFBlock, ProgressiveFusion, RecursiveFusion, RecursiveFusionOutput
@@ -21,7 +22,7 @@ __all__ = [
     "ConcatFusion", "SumFusion", "FixedGateFusion",
     "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration",
     "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention",
-    "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
+    "GatedProgressiveLayer", "gated_progressive_stack", "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
 ]
 
 #: Interchangeable two-input fusions ``fuse(a, b, return_gate=False)``, all built from ``dim``.
@@ -67,6 +68,8 @@ FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "progressive": _progressive,
     "recursive": _recursive,
     "all_pairs": AllPairsCrossAttention,
+    "gpf_layer": GatedProgressiveLayer,
+    "gpf_progressive": gated_progressive_stack,
 }
 
 

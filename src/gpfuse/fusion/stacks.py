@@ -13,15 +13,16 @@ __all__ = ["ProgressiveFusion", "GRFBlock", "RecursiveFusion", "RecursiveFusionO
 
 
 class ProgressiveFusion(nn.Module):
-    """The same binary fusion applied ``num_layers`` times: ``a_{l+1} = fuse_l(a_l, b)`` (GPF-Net's
-    progressive fusion; PGF-Net interleaves the steps with encoder layers through :meth:`step`).
+    """The same fusion applied ``num_layers`` times to a running state: ``x_{l+1} = fuse_l(x_l, *context)``
+    (GPF-Net's progressive fusion; PGF-Net interleaves the steps with encoder layers through :meth:`step`).
 
     Args:
-        block_factory: builds one fusion block ``fuse(a, b, return_gate=...)``.
+        block_factory: builds one fusion block ``fuse(x, *context, return_gate=..., **kwargs)``: a binary
+            gate (``context`` = the other modality) or a layer over a joint sequence (``context`` empty).
         num_layers: number of steps.
         share_weights: one block reused at every step instead of one block per step.
 
-    Shapes: ``a`` (B, *, D), ``b`` (B, *, D) -> (B, *, D); with ``return_gate`` also a list of per-step gates.
+    Shapes: ``x`` (B, *, D) and context (B, *, D) -> (B, *, D); with ``return_gate`` also the per-step gates.
     """
 
     def __init__(self, block_factory: Callable[[], nn.Module], num_layers: int, share_weights: bool = False) -> None:
@@ -32,17 +33,17 @@ class ProgressiveFusion(nn.Module):
         self.share_weights = share_weights
         self.blocks = nn.ModuleList([block_factory() for _ in range(1 if share_weights else num_layers)])
 
-    def step(self, index: int, a: Tensor, b: Tensor, **kwargs):
+    def step(self, index: int, x: Tensor, *context: Tensor, **kwargs):
         """Apply fusion step ``index`` (0-based) alone; returns ``(fused, gate)``."""
         block = self.blocks[0 if self.share_weights else index]
-        return block(a, b, return_gate=True, **kwargs)
+        return block(x, *context, return_gate=True, **kwargs)
 
-    def forward(self, a: Tensor, b: Tensor, return_gate: bool = False, **kwargs):
+    def forward(self, x: Tensor, *context: Tensor, return_gate: bool = False, **kwargs):
         gates = []
         for index in range(self.num_layers):
-            a, gate = self.step(index, a, b, **kwargs)
+            x, gate = self.step(index, x, *context, **kwargs)
             gates.append(gate)
-        return (a, gates) if return_gate else a
+        return (x, gates) if return_gate else x
 
 
 class GRFBlock(nn.Module):

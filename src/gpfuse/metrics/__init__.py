@@ -4,3 +4,5 @@ from __future__ import annotations
 from gpfuse.metrics.sentiment import mosi_regression_metrics
 
 __all__ = ["mosi_regression_metrics"]
+from gpfuse.metrics.reid import compute_distance_matrix, evaluate_features, evaluate_rank, re_ranking  # noqa: E402
+__all__ += ["compute_distance_matrix", "evaluate_features", "evaluate_rank", "re_ranking"]

@@ -5,16 +5,18 @@ from typing import Any, Callable
 
 from torch import nn
 
+from gpfuse.models.gpf_net import GPFNet, GPFNetOutput
 from gpfuse.models.grf import GRF, UnimodalRegressor
 from gpfuse.models.io import load_pretrained, save_pretrained
 from gpfuse.models.outputs import RegressionOutput
 
-__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "RegressionOutput", "save_pretrained",
+__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "RegressionOutput", "save_pretrained",
            "load_pretrained"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "grf": GRF,
     "unimodal": UnimodalRegressor,
+    "gpf_net": GPFNet,
 }
 
 

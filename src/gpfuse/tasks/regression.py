@@ -1,8 +1,6 @@
 """Sentiment regression as a LightningModule: loss, MMSA metrics, gate statistics, optimiser and schedule."""
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -10,16 +8,9 @@ from torch.nn import functional as F
 
 from gpfuse.metrics.sentiment import mosi_regression_metrics
 from gpfuse.models.outputs import RegressionOutput
+from gpfuse.tasks.schedules import warmup_cosine
 
-__all__ = ["RegressionTask", "warmup_cosine"]
-
-
-def warmup_cosine(epoch: int, warmup: int, total: int, lr: float, min_lr: float) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` epochs, then cosine from ``lr`` to ``min_lr``."""
-    if epoch < warmup:
-        return (epoch + 1) / warmup
-    progress = min(1.0, (epoch - warmup) / max(1, total - warmup))
-    return (min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))) / lr
+__all__ = ["RegressionTask"]
 
 
 class RegressionTask(L.LightningModule):

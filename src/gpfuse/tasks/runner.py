@@ -24,9 +24,8 @@ from lightning.pytorch.loggers import CSVLogger
 from gpfuse.config import RunConfig, dump_config, validate_config
 from gpfuse.models import create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
+from gpfuse.tasks.kinds import TASK_KINDS
 from gpfuse.tasks.plots import plot_run
-from gpfuse.tasks.regression import RegressionTask
-from gpfuse.tasks.sentiment_data import SPLITS, SentimentDataModule
 from gpfuse.utils.files import atomic_path, atomic_write_text
 
 __all__ = ["run_dir_for", "train", "train_seeds", "evaluate", "predict", "summarise", "load_run_config"]
@@ -66,12 +65,6 @@ def _check_resumable(run_dir: Path, config: RunConfig, resume: bool) -> Path | N
     return last
 
 
-def _task(config: RunConfig, model: torch.nn.Module) -> RegressionTask:
-    t = config.train
-    return RegressionTask(model, loss=t.loss, aux_weight=t.aux_weight, lr=t.lr, weight_decay=t.weight_decay,
-                          warmup_epochs=t.warmup_epochs, max_epochs=t.max_epochs, min_lr=t.min_lr)
-
-
 def _logger(run_dir: Path) -> CSVLogger:
     """One CSV log per attempt (``logs/attempt_<n>/metrics.csv``): Lightning's CSVLogger deletes an existing
     file, so a resumed run logs beside the earlier attempts instead of over them."""
@@ -89,6 +82,14 @@ def _trainer(config: RunConfig, run_dir: Path | None = None, callbacks: list | N
         log_every_n_steps=10)
 
 
+def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lightning returns one dict per eval dataloader (query and gallery for retrieval): merge them."""
+    merged: dict[str, Any] = {}
+    for result in results:
+        merged.update({k.split("/dataloader_idx_")[0]: v for k, v in result.items()})
+    return merged
+
+
 def _strip(metrics: dict[str, Any], stage: str) -> dict[str, float]:
     return {k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith(f"{stage}/")}
 
@@ -103,10 +104,11 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     run_dir = run_dir_for(config)
     last = _check_resumable(run_dir, config, resume)
     L.seed_everything(config.train.seed, workers=True)
-    data = SentimentDataModule(config.data)
+    kind = TASK_KINDS[config.task]
+    data = kind.data(config, None, False)
     data.setup()
-    model = create_model(config.model["name"], input_dims=data.input_dims, **config.model_options())
-    task = _task(config, model)
+    model = create_model(config.model["name"], **kind.model_inputs(data), **config.model_options())
+    task = kind.task(config, model)
     if not resume:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
         data.save_split_lists(run_dir / "splits")
@@ -121,8 +123,8 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     trainer = _trainer(config, run_dir, [checkpoint, stopper, *(callbacks or [])])
     trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None)
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
-    valid = _strip(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False)[0], "valid")
-    test = _strip(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False)[0], "test")
+    valid = _strip(_merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False)), "valid")
+    test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False)), "test")
     save_pretrained(model, run_dir / "model")
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
     metrics = {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": trainer.current_epoch,
@@ -159,18 +161,20 @@ def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, comma
     return summary
 
 
-def _load(run_dir: Path, data_root: str | None = None) -> tuple[RunConfig, SentimentDataModule, torch.nn.Module]:
+def _load(run_dir: Path, data_root: str | None = None) -> tuple[RunConfig, L.LightningDataModule, torch.nn.Module]:
     config = load_run_config(run_dir)
     if data_root is not None:
         config = config.model_copy(update={"data": config.data.model_copy(update={"root": data_root})})
     stats_path = run_dir / "data_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
-    data = SentimentDataModule(config.data, stats=stats or None, required_splits=() if data_root else SPLITS)
+    kind = TASK_KINDS[config.task]
+    data = kind.data(config, stats or None, data_root is not None)
     model = load_pretrained(run_dir / "model", expected_name=config.model["name"])
     data.setup()
-    expected = model.gpfuse_config["options"].get("input_dims")
-    if data.input_dims != expected:
-        raise CheckpointMismatchError(f"{run_dir / 'model'} expects inputs {expected}, the data gives {data.input_dims}")
+    for key, value in kind.model_inputs(data).items():
+        expected = model.gpfuse_config["options"].get(key)
+        if value != expected:
+            raise CheckpointMismatchError(f"{run_dir / 'model'} was made for {key}={expected}, the data gives {value}")
     return config, data, model
 
 
@@ -179,9 +183,9 @@ def evaluate(run_dir: str | Path) -> dict[str, dict[str, float]]:
     run_dir = Path(run_dir)
     config, data, model = _load(run_dir)
     trainer = _trainer(config)
-    task = _task(config, model)
-    return {"valid": _strip(trainer.validate(task, dataloaders=data.loader("valid"), verbose=False)[0], "valid"),
-            "test": _strip(trainer.test(task, dataloaders=data.loader("test"), verbose=False)[0], "test")}
+    task = TASK_KINDS[config.task].task(config, model)
+    return {"valid": _strip(_merge(trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)), "valid"),
+            "test": _strip(_merge(trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)), "test")}
 
 
 def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path:
@@ -189,8 +193,10 @@ def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path
     ``id,split,score,label`` to the CSV ``out``."""
     run_dir = Path(run_dir)
     config, data, model = _load(run_dir, str(data_root))
+    if config.task != "regression":
+        raise NotImplementedError(f"gpfuse predict supports sentiment runs; {run_dir} is a {config.task} run")
     trainer = _trainer(config)
-    task = _task(config, model)
+    task = TASK_KINDS[config.task].task(config, model)
     with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "split", "score", "label"])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gpfuse.config import DataConfig
+from gpfuse.config import SentimentDataConfig
 from gpfuse.data.features import SplitFeatures, load_features_npz
 from gpfuse.data.mosi import load_mosi_folder
 from gpfuse.data.synthetic import write_synthetic_mosi
@@ -56,7 +56,7 @@ class SentimentDataModule(L.LightningDataModule):
     per text set), sequences are checked against ``max_len`` and cropped to it, and non-text features
     are standardised with train statistics over real steps (kept in :attr:`stats` for prediction)."""
 
-    def __init__(self, config: DataConfig, stats: dict[str, dict[str, list[float]]] | None = None,
+    def __init__(self, config: SentimentDataConfig, stats: dict[str, dict[str, list[float]]] | None = None,
                  required_splits: tuple[str, ...] = SPLITS) -> None:
         super().__init__()
         self.config = config

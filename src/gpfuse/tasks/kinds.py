@@ -1,0 +1,57 @@
+"""The task kinds a run can be: how each builds its data module, feeds the model its data-dependent sizes,
+and wraps the model in its LightningModule. The runner knows nothing else of a task."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import lightning as L
+from torch import nn
+
+from gpfuse.config import RunConfig
+
+__all__ = ["TaskKind", "TASK_KINDS"]
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    data: Callable[[RunConfig, Any, bool], L.LightningDataModule]  # (config, saved stats, for_predict)
+    model_inputs: Callable[[L.LightningDataModule], dict[str, Any]]
+    task: Callable[[RunConfig, nn.Module], L.LightningModule]
+
+
+def _sentiment_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
+    from gpfuse.tasks.sentiment_data import SPLITS, SentimentDataModule
+
+    return SentimentDataModule(config.data, stats=stats, required_splits=() if for_predict else SPLITS)
+
+
+def _regression_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
+    from gpfuse.tasks.regression import RegressionTask
+
+    t = config.train
+    return RegressionTask(model, loss=t.loss, aux_weight=t.aux_weight, lr=t.lr, weight_decay=t.weight_decay,
+                          warmup_epochs=t.warmup_epochs, max_epochs=t.max_epochs, min_lr=t.min_lr)
+
+
+def _reid_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
+    from gpfuse.tasks.reid_data import ReIDDataModule
+
+    return ReIDDataModule(config.data, text_model=config.model.get("text_model"),
+                          max_text_len=config.model.get("max_text_len", 64), seed=config.train.seed)
+
+
+def _retrieval_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
+    from gpfuse.tasks.retrieval import RetrievalTask
+
+    t, d = config.train, config.data
+    return RetrievalTask(model, lr=t.lr, lr_backbone=t.lr_backbone, weight_decay=t.weight_decay,
+                         max_epochs=t.max_epochs, warmup_epochs=t.warmup_epochs, min_lr=t.min_lr, margin=t.margin,
+                         label_smoothing=t.label_smoothing, id_weight=t.id_weight, triplet_weight=t.triplet_weight,
+                         metric=d.metric, protocols=tuple(d.protocols), select_protocol=d.select_protocol)
+
+
+TASK_KINDS: dict[str, TaskKind] = {
+    "regression": TaskKind(_sentiment_data, lambda dm: {"input_dims": dm.input_dims}, _regression_task),
+    "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task),
+}

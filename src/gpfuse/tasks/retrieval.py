@@ -1,0 +1,151 @@
+"""Re-identification as a LightningModule: identity + triplet losses, ranked evaluation under the text
+pairing protocols, gate statistics, optimiser with a slower backbone."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from gpfuse.losses import batch_hard_triplet_loss
+from gpfuse.metrics.reid import evaluate_features, evaluate_rank
+from gpfuse.tasks.schedules import warmup_cosine
+
+__all__ = ["RetrievalTask", "PROTOCOLS"]
+
+#: ``own``: every image embedded once with its own report; ``query``: the gallery embedded with the
+#: report of each query's patient (GPF-Net's protocol; needs a model with ``image_tokens``/``fuse``).
+PROTOCOLS = ("own", "query")
+
+
+class RetrievalTask(L.LightningModule):
+    """Trains a model returning ``(embedding, logits, gates)`` on ``batch["pid"]``.
+
+    Loss: ``id_weight * CE(logits, pid; label_smoothing) + triplet_weight * batch-hard triplet(margin)``.
+    Validation and test take two loaders (query, gallery) and log ``{stage}/{protocol}/{mAP,rank1,rank5,
+    rank10,mINP}``; ``{stage}/mAP`` is the ``select_protocol`` figure that checkpoints are chosen on.
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-4, lr_backbone: float | None = 1e-5,
+                 weight_decay: float = 1e-4, max_epochs: int = 50, warmup_epochs: int = 0, min_lr: float = 1e-7,
+                 margin: float = 0.3, label_smoothing: float = 0.0, id_weight: float = 1.0,
+                 triplet_weight: float = 1.0, metric: str = "euclidean", protocols: tuple[str, ...] = PROTOCOLS,
+                 select_protocol: str = "own") -> None:
+        super().__init__()
+        unknown = set(protocols) - set(PROTOCOLS)
+        if unknown or select_protocol not in protocols:
+            raise ValueError(f"protocols must be a subset of {list(PROTOCOLS)} containing select_protocol "
+                             f"({select_protocol!r}), got {list(protocols)}")
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self._eval: list[dict[str, list]] = [{}, {}]
+
+    def forward(self, batch: dict[str, Tensor]):
+        return self.model(batch)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        out = self(batch)
+        id_loss = F.cross_entropy(out.logits, batch["pid"], label_smoothing=hp.label_smoothing)
+        triplet = batch_hard_triplet_loss(out.embedding, batch["pid"], hp.margin)
+        loss = hp.id_weight * id_loss + hp.triplet_weight * triplet
+        n = len(batch["pid"])
+        self.log_dict({"train/loss": loss, "train/id_loss": id_loss, "train/triplet": triplet}, on_step=False,
+                      on_epoch=True, prog_bar=False, batch_size=n)
+        return loss
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def _collect(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
+        out = self(batch)
+        store = self._eval[dataloader_idx]
+        store.setdefault("embedding", []).append(out.embedding.float())
+        store.setdefault("pid", []).append(batch["pid"])
+        store.setdefault("camid", []).append(batch["camid"])
+        for i, gate in enumerate(out.gates):
+            store.setdefault(f"gate{i}", []).append(gate.float())
+        if "query" in self.hparams.protocols and "text_ids" in batch and hasattr(self.model, "image_tokens"):
+            store.setdefault("image", []).append(self.model.image_tokens(batch["image"]))
+            store.setdefault("text_ids", []).append(batch["text_ids"])
+            store.setdefault("text_mask", []).append(batch["text_mask"])
+
+    def _query_protocol_distances(self, query: dict[str, Tensor], gallery: dict[str, Tensor]) -> Tensor:
+        """Distances (Nq, Ng) with the gallery embedded under each query's report (one pass per report)."""
+        distances = torch.empty(len(query["pid"]), len(gallery["pid"]), device=self.device)
+        reports = torch.cat([query["text_ids"], query["text_mask"].long()], dim=1)
+        unique, inverse = torch.unique(reports, dim=0, return_inverse=True)
+        for r in range(len(unique)):
+            rows = (inverse == r).nonzero().squeeze(1)
+            ids, mask = query["text_ids"][rows[:1]], query["text_mask"][rows[:1]]
+            text = self.model.text_tokens(ids, mask)
+            chunks = []
+            for start in range(0, len(gallery["pid"]), 256):
+                image = gallery["image"][start:start + 256]
+                emb, _ = self.model.fuse(image, text.expand(len(image), -1, -1), mask.expand(len(image), -1))
+                chunks.append(emb)
+            g = torch.cat(chunks).float()
+            q = query["embedding"][rows]
+            if self.hparams.metric == "cosine":
+                distances[rows] = 1 - F.normalize(q, dim=1) @ F.normalize(g, dim=1).T
+            else:
+                distances[rows] = torch.cdist(q, g).square()
+        return distances
+
+    def _evaluate(self, stage: str) -> None:
+        query, gallery = ({k: torch.cat(v) for k, v in store.items()} for store in self._eval)
+        self._eval = [{}, {}]
+        if not query or not gallery:
+            return
+        args = (query["pid"].cpu().numpy(), gallery["pid"].cpu().numpy(), query["camid"].cpu().numpy(),
+                gallery["camid"].cpu().numpy())
+        results = {"own": evaluate_features(query["embedding"], gallery["embedding"], *args,
+                                            metric=self.hparams.metric)}
+        if "query" in self.hparams.protocols and "text_ids" in query:
+            with torch.no_grad():
+                distmat = self._query_protocol_distances(query, gallery)
+            results["query"] = evaluate_rank(distmat.cpu().numpy(), *args)
+        for protocol, (cmc, mAP, mINP) in results.items():
+            figures = {"mAP": mAP, "rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)],
+                       "rank10": cmc[min(9, len(cmc) - 1)], "mINP": mINP}
+            for key, value in figures.items():
+                self.log(f"{stage}/{protocol}/{key}", float(value))
+        selected = results.get(self.hparams.select_protocol, results["own"])
+        self.log(f"{stage}/mAP", float(selected[1]), prog_bar=True)
+        for key in sorted(k for k in query if k.startswith("gate")):
+            g = torch.cat([query[key], gallery[key]])
+            self.log(f"gate/{key.replace('gate', 'step')}_mean", g.mean())
+            self.log(f"gate/{key.replace('gate', 'step')}_std", g.std())
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval = [{}, {}]
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("valid")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = [{}, {}]
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self(batch).embedding
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        backbone = [p for n, p in self.model.named_parameters()
+                    if p.requires_grad and n.startswith(("image_encoder.", "text_encoder."))]
+        ids = {id(p) for p in backbone}
+        head = [p for p in self.model.parameters() if p.requires_grad and id(p) not in ids]
+        groups = [{"params": head, "lr": hp.lr}]
+        if backbone:
+            groups.append({"params": backbone, "lr": hp.lr_backbone if hp.lr_backbone is not None else hp.lr})
+        optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: warmup_cosine(e, hp.warmup_epochs, hp.max_epochs, hp.lr, hp.min_lr))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

@@ -1,0 +1,102 @@
+"""GPF-Net: shapes, gradients, eval batch independence (the public code's bug), image-only path, learning."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpfuse.losses import batch_hard_triplet_loss
+from gpfuse.models import create_model
+from gpfuse.encoders.text import tokenize
+
+SMALL = dict(num_classes=4, image_encoder="efficientnet_lite0", image_weights=None, dim=32, num_fusion_layers=2,
+             fusion_heads=4, fusion_ffn=64, final_layers=1, final_heads=4, final_ffn=64, max_text_len=12)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return create_model("gpf_net", **SMALL)
+
+
+def _batch(n=4, reports=("sessile polyp in the sigmoid colon", "pedunculated polyp, rectum", "", "flat lesion")):
+    ids, mask = tokenize(list(reports[:n]), "minilm", 12)
+    mask[[i for i, r in enumerate(reports[:n]) if not r]] = False
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(n, 3, 64, 64, generator=g), "text_ids": torch.from_numpy(ids),
+            "text_mask": torch.from_numpy(mask), "pid": torch.tensor([0, 1, 0, 1][:n])}
+
+
+def test_shapes_gates_and_frozen_text_encoder(model):
+    model.train()
+    out = model(_batch())
+    assert out.embedding.shape == (4, 32) and out.logits.shape == (4, 4)
+    assert len(out.gates) == 2 and out.gates[0].shape == (4, 1, 32)
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())
+    assert not model.text_encoder.model.training  # frozen encoder stays in eval mode (no dropout)
+
+
+def test_every_trainable_parameter_gets_a_gradient(model):
+    model.train()
+    model.zero_grad()
+    out = model(_batch())
+    (out.logits.logsumexp(1).mean() + out.embedding.square().mean()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing
+
+
+def test_eval_embedding_is_batch_independent(model):
+    model.eval()
+    batch = _batch()
+    with torch.no_grad():
+        together = model(batch).embedding
+        alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}).embedding for i in range(4)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_missing_report_runs_image_only(model):
+    model.eval()
+    batch = _batch()
+    with torch.no_grad():
+        no_text = model({"image": batch["image"]}).embedding
+        empty_report = model(batch).embedding[2]  # sample 2 has an empty report: all-False mask
+    torch.testing.assert_close(empty_report, no_text[2], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(model(batch).embedding[0], no_text[0])  # a real report changes the embedding
+    image_only = create_model("gpf_net", **{**SMALL, "text_model": None}).eval()
+    assert image_only.text_encoder is None and image_only(batch).embedding.shape == (4, 32)
+
+
+def test_query_protocol_parts_compose_to_forward(model):
+    model.eval()
+    batch = _batch()
+    with torch.no_grad():
+        emb, _ = model.fuse(model.image_tokens(batch["image"]),
+                            model.text_tokens(batch["text_ids"], batch["text_mask"]), batch["text_mask"])
+        torch.testing.assert_close(emb, model(batch).embedding)
+
+
+def test_a_few_steps_lower_the_loss():
+    torch.manual_seed(0)
+    net = create_model("gpf_net", **{**SMALL, "bottleneck_dropout": 0.0, "dropout": 0.0})
+    batch = _batch()
+    batch["image"][2:] = batch["image"][:2] + 0.1 * torch.randn(2, 3, 64, 64)
+    optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        out = net(batch)
+        loss = torch.nn.functional.cross_entropy(out.logits, batch["pid"]) + \
+            batch_hard_triplet_loss(out.embedding, batch["pid"])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_batch_hard_triplet_by_hand():
+    emb = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 1.0], [0.0, 5.0]])
+    pids = torch.tensor([0, 0, 1, 1])
+    # anchor 0: hardest positive d=3 (to 1), closest negative d=1 (to 2): relu(3 - 1 + 0.3) = 2.3
+    # anchor 1: pos 3, neg min(sqrt(10), sqrt(34)) = 3.1623: relu(3 - 3.1623 + 0.3) = 0.1377
+    # anchor 2: pos 4 (to 3), neg 1 (to 0): 3.3 ; anchor 3: pos 4, neg 5: relu(-0.7) = 0
+    expected = (2.3 + (3 - 10 ** 0.5 + 0.3) + 3.3 + 0.0) / 4
+    assert batch_hard_triplet_loss(emb, pids, 0.3).item() == pytest.approx(expected, abs=1e-5)
+    assert batch_hard_triplet_loss(emb[:2], pids[:2]).item() == 0.0  # no negatives: no valid anchor
