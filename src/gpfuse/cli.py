@@ -15,7 +15,7 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
-DEMO_CONFIG = "configs/grf_mosi_demo.yaml"
+DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml")
 
 
 def _seeds(text: Optional[str], default: int) -> list[int]:
@@ -61,8 +61,11 @@ def train(config: Path = typer.Argument(..., help="YAML run config"),
         summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv))
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
-    console.print(_table(f"{cfg.name}: mean ± std over seeds {summary['seeds']}",
-                         {k: summary[k] for k in ("valid", "test")}))
+    rows = {k: summary[k] for k in ("valid", "test")}
+    if len(summary["seeds"]) == 1:
+        rows = {stage: {k: v[0] for k, v in metrics.items()} for stage, metrics in rows.items()}
+    title = "mean ± std over seeds" if len(summary["seeds"]) > 1 else "seed"
+    console.print(_table(f"{cfg.name}: {title} {summary['seeds']}", rows))
     console.print(f"parameters: {summary['parameters']}; runs in {Path(cfg.output_dir) / cfg.name}")
 
 
@@ -75,7 +78,9 @@ def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)
         metrics = evaluate(run_dir)
     except (ValueError, KeyError, FileNotFoundError) as err:
         _fail(err)
-    console.print(_table(str(run_dir), metrics))
+    console.print(_table(str(run_dir), {k: metrics[k] for k in ("valid", "test")}))
+    for figure in metrics["figures"]:
+        console.print(f"wrote {figure}")
 
 
 @app.command()
@@ -151,24 +156,31 @@ def convert(src: Path, dst: Path, layout: str = typer.Option("auto", help="auto,
 
 
 @app.command()
-def demo(config: Path = typer.Option(Path(DEMO_CONFIG), help="demo config")) -> None:
-    """Train GRF on CMU-MOSI (synthetic data in the same layout when the shared copy is absent), test it,
-    print the metrics and the run folder."""
+def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--config", help="demo configs")) -> None:
+    """Train and test each demo config: GRF on CMU-MOSI (synthetic data in the same layout when the shared
+    copy is absent), then GPF-Net on a generated Colo-Pair folder; print the metrics and the run folders."""
     import time
 
     from gpfuse.config import load_config
     from gpfuse.tasks.runner import run_dir_for, train as run_train
 
-    cfg = load_config(config)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
-    if not (Path(cfg.data.root) / "labels.csv").is_file():
-        console.print(f"[yellow]CMU-MOSI not found at {cfg.data.root}: the demo uses SYNTHETIC data in the same layout[/]")
-    metrics = run_train(cfg, command=shlex.join(sys.argv))
-    console.print(_table(f"GRF on {cfg.data.root} (best epoch {metrics['best_epoch']})",
-                         {k: metrics[k] for k in ("valid", "test")}))
-    console.print(f"parameters: {metrics['parameters']}")
-    console.print(f"run folder: {run_dir_for(cfg)}")
+    for path in configs:
+        cfg = load_config(path)
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
+        root = Path(cfg.data.root)
+        if cfg.data.source == "mosi" and not (root / "labels.csv").is_file():
+            console.print(f"[yellow]CMU-MOSI not found at {root}: the demo uses SYNTHETIC data in the same layout[/]")
+        if cfg.data.source == "colo_pair" and not root.is_dir():
+            from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
+
+            console.print(f"[yellow]writing a SYNTHETIC Colo-Pair folder to {root} (the real one is on request)[/]")
+            write_synthetic_colo_pair(root, n_videos=16, frames_per_view=3, size=96)
+        metrics = run_train(cfg, command=shlex.join(sys.argv))
+        console.print(_table(f"{cfg.model['name']} on {root} (best epoch {metrics['best_epoch']})",
+                             {k: metrics[k] for k in ("valid", "test")}))
+        console.print(f"parameters: {metrics['parameters']}")
+        console.print(f"run folder: {run_dir_for(cfg)}")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
         options = _options_schema(name).model_validate(config.model)
     except ValidationError as err:
         raise ConfigError(f"{source}: invalid model options for {name!r}\n{_format(err, 'model')}") from None
-    config.model = {k: v for k, v in options.model_dump().items() if k in config.model}
+    config.model = options.model_dump()  # resolved: every option of the model, defaults included
     return config
 
 

@@ -131,11 +131,14 @@ def _sort_rows(dist: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(mask: torch.Tensor, dist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pack the masked entries of each row: distances, gallery indices (ascending), validity; (c, K)."""
+    """Left-pack the masked entries of each row: distances, gallery indices (ascending), validity; (c, K).
+
+    The validity mask's row sums are the numbers of masked entries.
+    """
     c, g = mask.shape
-    counts = mask.sum(dim=1)
-    k = int(counts.max()) if c else 0
     rows, cols = mask.nonzero(as_tuple=True)  # row-major, so columns ascend within a row
+    counts = torch.bincount(rows, minlength=c)  # cheaper than a bool sum over (c, g)
+    k = int(counts.max()) if c else 0
     slot = torch.arange(rows.numel(), device=dist.device) - (torch.cumsum(counts, 0) - counts)[rows]
     vals = dist.new_zeros(c, k)
     vals[rows, slot] = dist[rows, cols]
@@ -160,16 +163,16 @@ def _match_ranks(
         ranks (c, M) int64, ascending in each row, ``G`` beyond the query's matches; n_rel (c,) matches.
     """
     c, g = dist.shape
-    if bool(torch.isnan(dist).any()):
+    srt = _sort_rows(dist)
+    if g and bool(torch.isnan(srt[:, -1]).any()):  # sorting puts NaN last
         raise ValueError("distances contain NaN")
     match = g_pids.unsqueeze(0) == q_pids.unsqueeze(1)
     same_cam = g_camids.unsqueeze(0) == q_camids.unsqueeze(1)
     good, junk = match & ~same_cam, match & same_cam
-    n_rel = good.sum(dim=1)
     gd, gi, gvalid = _pack(good, dist)
+    n_rel = gvalid.sum(dim=1)
     if gd.shape[1] == 0:
         return gi, n_rel
-    srt = _sort_rows(dist)
     pos = torch.searchsorted(srt, gd)  # entries strictly closer than the match
     tied = gvalid & (torch.searchsorted(srt, gd, right=True) - pos > 1)
     if bool(tied.any()):  # equal distances: entries with a smaller gallery index come first
@@ -179,8 +182,8 @@ def _match_ranks(
             r, s = r_all[i : i + _TIE_BLOCK], s_all[i : i + _TIE_BLOCK]
             earlier = (dist[r] == gd[r, s].unsqueeze(1)) & (cols < gi[r, s].unsqueeze(1))
             pos[r, s] += earlier.sum(dim=1)
-    if bool(junk.any()):  # removed entries before each match, same (distance, index) order
-        jd, ji, jvalid = _pack(junk, dist)
+    jd, ji, jvalid = _pack(junk, dist)
+    if jd.shape[1]:  # removed entries before each match, same (distance, index) order
         jd, ji, jvalid = jd.unsqueeze(1), ji.unsqueeze(1), jvalid.unsqueeze(1)
         gdu, giu = gd.unsqueeze(2), gi.unsqueeze(2)
         before = jvalid & ((jd < gdu) | ((jd == gdu) & (ji < giu)))

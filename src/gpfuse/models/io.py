@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from torch import nn
 
 from gpfuse.utils.files import atomic_path, atomic_write_text
@@ -25,9 +25,8 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
         raise ValueError("only models built with gpfuse.models.create_model can be saved (no gpfuse_config)")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(folder / WEIGHTS) as tmp:
-        save_file(state, str(tmp), metadata={"gpfuse_model": config["name"]})
+    with atomic_path(folder / WEIGHTS) as tmp:  # save_model stores weights shared across layers once
+        save_model(model, str(tmp), metadata={"gpfuse_model": config["name"]})
     atomic_write_text(folder / CONFIG, json.dumps(config, indent=2, sort_keys=True))
     return folder
 
@@ -53,14 +52,11 @@ def load_pretrained(folder: str | Path, expected_name: str | None = None) -> nn.
     if expected_name is not None and name != expected_name:
         raise CheckpointMismatchError(f"{config_path} holds a {name!r} model, expected {expected_name!r}")
     model = create_model(name, **options)
-    state = load_file(str(weights_path))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise CheckpointMismatchError(
-            f"{weights_path} does not fit the {name!r} model of {config_path}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}")
-    model.load_state_dict(state)
+    try:
+        missing, unexpected = load_model(model, str(weights_path), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise CheckpointMismatchError(f"{weights_path} does not fit the {name!r} model of {config_path}: {err}") from None
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"{weights_path} does not fit the {name!r} model of {config_path}: "
+                                      f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     return model

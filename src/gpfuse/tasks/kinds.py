@@ -3,6 +3,7 @@ and wraps the model in its LightningModule. The runner knows nothing else of a t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
@@ -18,6 +19,7 @@ class TaskKind:
     data: Callable[[RunConfig, Any, bool], L.LightningDataModule]  # (config, saved stats, for_predict)
     model_inputs: Callable[[L.LightningDataModule], dict[str, Any]]
     task: Callable[[RunConfig, nn.Module], L.LightningModule]
+    figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]] = lambda model, data, run_dir: []
 
 
 def _sentiment_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
@@ -51,7 +53,13 @@ def _retrieval_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
                          metric=d.metric, protocols=tuple(d.protocols), select_protocol=d.select_protocol)
 
 
+def _rank_list(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
+    from gpfuse.tasks.ranklist import save_rank_list
+
+    return [save_rank_list(model, data, run_dir / "rank_list.png")]
+
+
 TASK_KINDS: dict[str, TaskKind] = {
     "regression": TaskKind(_sentiment_data, lambda dm: {"input_dims": dm.input_dims}, _regression_task),
-    "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task),
+    "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task, _rank_list),
 }

@@ -97,12 +97,13 @@ class RetrievalTask(L.LightningModule):
             return
         args = (query["pid"].cpu().numpy(), gallery["pid"].cpu().numpy(), query["camid"].cpu().numpy(),
                 gallery["camid"].cpu().numpy())
+        max_rank = min(50, len(gallery["pid"]))
         results = {"own": evaluate_features(query["embedding"], gallery["embedding"], *args,
-                                            metric=self.hparams.metric)}
+                                            metric=self.hparams.metric, max_rank=max_rank)}
         if "query" in self.hparams.protocols and "text_ids" in query:
             with torch.no_grad():
                 distmat = self._query_protocol_distances(query, gallery)
-            results["query"] = evaluate_rank(distmat.cpu().numpy(), *args)
+            results["query"] = evaluate_rank(distmat.cpu().numpy(), *args, max_rank=max_rank)
         for protocol, (cmc, mAP, mINP) in results.items():
             figures = {"mAP": mAP, "rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)],
                        "rank10": cmc[min(9, len(cmc) - 1)], "mINP": mINP}

@@ -126,6 +126,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     valid = _strip(_merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False)), "valid")
     test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False)), "test")
     save_pretrained(model, run_dir / "model")
+    TASK_KINDS[config.task].figures(model, data, run_dir)
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
     metrics = {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": trainer.current_epoch,
                "parameters": _count(model), "seed": config.train.seed}
@@ -170,6 +171,12 @@ def _load(run_dir: Path, data_root: str | None = None) -> tuple[RunConfig, L.Lig
     kind = TASK_KINDS[config.task]
     data = kind.data(config, stats or None, data_root is not None)
     model = load_pretrained(run_dir / "model", expected_name=config.model["name"])
+    saved = model.gpfuse_config["options"]
+    differ = sorted(k for k, v in config.model_options().items() if saved.get(k) != v)
+    if differ:
+        raise CheckpointMismatchError(f"{run_dir / 'model'} was saved with another model config than "
+                                      f"{run_dir / 'config.yaml'}: " + ", ".join(
+                                          f"model.{k}: {saved.get(k)!r} vs {config.model_options()[k]!r}" for k in differ))
     data.setup()
     for key, value in kind.model_inputs(data).items():
         expected = model.gpfuse_config["options"].get(key)
@@ -178,14 +185,21 @@ def _load(run_dir: Path, data_root: str | None = None) -> tuple[RunConfig, L.Lig
     return config, data, model
 
 
-def evaluate(run_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Re-evaluate a finished run's saved model on its valid and test splits."""
+def evaluate(run_dir: str | Path) -> dict[str, Any]:
+    """Re-evaluate a finished run's saved model on its valid and test splits; update ``metrics.json`` with
+    the figures and write the task's pictures (the rank list for re-identification)."""
     run_dir = Path(run_dir)
     config, data, model = _load(run_dir)
     trainer = _trainer(config)
-    task = TASK_KINDS[config.task].task(config, model)
-    return {"valid": _strip(_merge(trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)), "valid"),
-            "test": _strip(_merge(trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)), "test")}
+    kind = TASK_KINDS[config.task]
+    task = kind.task(config, model)
+    result = {"valid": _strip(_merge(trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)), "valid"),
+              "test": _strip(_merge(trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)), "test")}
+    result["figures"] = [str(p) for p in kind.figures(model, data, run_dir)]
+    path = run_dir / "metrics.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    atomic_write_text(path, json.dumps({**saved, **result}, indent=2))
+    return result
 
 
 def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path:
