@@ -100,3 +100,21 @@ def test_batch_hard_triplet_by_hand():
     expected = (2.3 + (3 - 10 ** 0.5 + 0.3) + 3.3 + 0.0) / 4
     assert batch_hard_triplet_loss(emb, pids, 0.3).item() == pytest.approx(expected, abs=1e-5)
     assert batch_hard_triplet_loss(emb[:2], pids[:2]).item() == 0.0  # no negatives: no valid anchor
+
+
+def test_profile_counts_the_text_encoder_apart(model):
+    from gpfuse.tasks.profile import image_text_batch, profile_model
+
+    figures = profile_model(model, image_text_batch(1, 64, 12), repeats=1)
+    text = sum(p.numel() for p in model.text_encoder.parameters())
+    assert figures["text_encoder"] == text and figures["without_text_encoder"] == figures["parameters"] - text
+    assert figures["trainable"] == figures["without_text_encoder"]  # the text encoder is frozen
+    assert figures["gflops"] > 0
+
+
+def test_frozen_image_encoder_stays_in_eval_mode_without_gradients():
+    net = create_model("gpf_net", **{**SMALL, "text_model": None, "train_image": False}).train()
+    assert not net.image_encoder.training and net.bottleneck.training
+    assert not any(p.requires_grad for p in net.image_encoder.parameters())
+    net(_batch()).embedding.sum().backward()
+    assert net.bottleneck[0].weight.grad is not None

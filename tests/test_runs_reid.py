@@ -88,3 +88,20 @@ def test_empty_report_gives_an_all_false_text_mask(tmp_path):
     dm.setup()
     tokens = dm.collate.tokens
     assert not tokens[""][1].any() and all(m.any() for t, (_, m) in tokens.items() if t)
+
+
+@pytest.mark.slow
+def test_folds_are_summarised_over_runs(tmp_path, colo):
+    from gpfuse.tasks.runner import train_seeds
+
+    cfg = _config(tmp_path, "colo_pair", colo, protocols=["own"])
+    cfg.train.max_epochs = 1
+    summary = train_seeds(cfg, seeds=[7], folds=[0, 1])
+    per_fold = [json.loads((tmp_path / "runs" / "tiny_colo_pair" / f"fold_{f}" / "seed_7" / "metrics.json").read_text())
+                for f in (0, 1)]
+    assert summary["folds"] == [0, 1]
+    values = [m["test"]["own/mAP"] for m in per_fold]
+    assert summary["test"]["own/mAP"][0] == pytest.approx(sum(values) / 2)
+    queries = [(tmp_path / "runs" / "tiny_colo_pair" / f"fold_{f}" / "seed_7" / "splits" / "query.txt").read_text()
+               for f in (0, 1)]
+    assert queries[0] != queries[1]  # each fold tests other videos

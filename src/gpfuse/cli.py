@@ -24,7 +24,7 @@ def _seeds(text: Optional[str], default: int) -> list[int]:
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--seeds must be comma-separated integers, got {text!r}") from None
+        raise typer.BadParameter(f"--seeds/--folds must be comma-separated integers, got {text!r}") from None
 
 
 def _table(title: str, rows: dict[str, dict[str, object]]) -> Table:
@@ -51,21 +51,25 @@ def _fail(err: Exception) -> None:
 def train(config: Path = typer.Argument(..., help="YAML run config"),
           set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=3e-4"),
           seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. 1111,1112,1113"),
+          folds: Optional[str] = typer.Option(None, help="comma-separated data.fold values (CV folds, random splits)"),
           resume: bool = typer.Option(False, help="continue the run(s) from checkpoints/last.ckpt")) -> None:
-    """Train CONFIG (one run per seed); prints test metrics, mean ± std over seeds."""
+    """Train CONFIG (one run per seed and fold); prints the metrics, mean ± std over runs."""
     from gpfuse.config import load_config
     from gpfuse.tasks.runner import train_seeds
 
     try:
         cfg = load_config(config, set_)
-        summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv))
+        fold_list = _seeds(folds, 0) if folds else None
+        summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv),
+                              folds=fold_list)
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
         _fail(err)
     rows = {k: summary[k] for k in ("valid", "test")}
-    if len(summary["seeds"]) == 1:
+    runs = len(summary["seeds"]) * len(summary.get("folds", [None]))
+    if runs == 1:
         rows = {stage: {k: v[0] for k, v in metrics.items()} for stage, metrics in rows.items()}
-    title = "mean ± std over seeds" if len(summary["seeds"]) > 1 else "seed"
-    console.print(_table(f"{cfg.name}: {title} {summary['seeds']}", rows))
+    over = f"seeds {summary['seeds']}" + (f", folds {summary['folds']}" if "folds" in summary else "")
+    console.print(_table(f"{cfg.name}: {'mean ± std over ' if runs > 1 else ''}{over}", rows))
     console.print(f"parameters: {summary['parameters']}; runs in {Path(cfg.output_dir) / cfg.name}")
 
 
@@ -119,28 +123,37 @@ def info() -> None:
 
 @app.command()
 def profile(model: str = typer.Argument(..., help="model name or YAML config"),
-            input_dims: str = typer.Option("text=384,audio=73,vision=35", help="modality=size,..."),
-            batch_size: int = 32, seq_len: int = 50) -> None:
-    """Parameters (total/trainable), FLOPs and forward time of MODEL on synthetic input."""
+            input_dims: str = typer.Option("text=384,audio=73,vision=35", help="sentiment: modality=size,..."),
+            num_classes: int = typer.Option(24, help="re-identification: training identities"),
+            batch_size: int = 32, seq_len: int = 50, image_size: int = 224) -> None:
+    """Parameters (total/trainable), FLOPs and forward time of MODEL on synthetic input (sentiment models:
+    BATCH_SIZE x SEQ_LEN feature sequences; image models: one IMAGE_SIZE image + a full-length report)."""
     from gpfuse.config import load_config
     from gpfuse.models import create_model
-    from gpfuse.tasks.profile import profile_model, synthetic_batch
+    from gpfuse.tasks.profile import image_text_batch, profile_model, synthetic_batch
 
     try:
         dims = {k: int(v) for k, v in (item.split("=") for item in input_dims.split(","))}
         if model.endswith((".yaml", ".yml")):
             cfg = load_config(model)
             name, options = cfg.model["name"], cfg.model_options()
-            dims = {m: dims[m] for m in cfg.data.modalities}
+            if cfg.task == "regression":
+                dims = {m: dims[m] for m in cfg.data.modalities}
         else:
             name, options = model, {}
-        net = create_model(name, input_dims=dims, **options)
-    except (ValueError, KeyError, TypeError) as err:
+        if name == "gpf_net":
+            net = create_model(name, num_classes=num_classes, **options)
+            batch = image_text_batch(1, image_size, getattr(net.pos, "pe").shape[0] - 1)
+            shape = f"1 image {image_size}x{image_size} + {batch['text_ids'].shape[1]} report tokens"
+        else:
+            net = create_model(name, input_dims=dims, **options)
+            batch, shape = synthetic_batch(dims, batch_size, seq_len), f"batch {batch_size} x {seq_len} steps"
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
         _fail(err)
-    figures = profile_model(net, synthetic_batch(dims, batch_size, seq_len))
-    console.print(f"{name} with inputs {dims}, batch {batch_size} x {seq_len} steps:")
+    figures = profile_model(net, batch)
+    console.print(f"{name}, {shape}:")
     for k, v in figures.items():
-        console.print(f"  {k:10s} {v:,.3f}" if isinstance(v, float) else f"  {k:10s} {v:,}")
+        console.print(f"  {k:22s} {v:,.3f}" if isinstance(v, float) else f"  {k:22s} {v:,}")
 
 
 @app.command()

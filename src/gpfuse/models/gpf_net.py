@@ -39,10 +39,12 @@ class GPFNet(nn.Module):
 
     Args:
         num_classes: training identities (ID classifier size).
-        image_encoder: ``"resnet50"`` (paper) or ``"efficientnet_lite0"``; image_weights: a local weights
+        image_encoder: ``"resnet50"`` (paper) or ``"efficientnet_lite0"``. image_weights: a local weights
             file, ``"imagenet"`` (EfficientNet-Lite0's shipped weights) or None (random init, logged).
         text_model: ``"minilm"`` (offline default), a local Hugging Face folder (ALBERT-base is the
             paper's), or None for an image-only model. train_text: fine-tune the text encoder.
+        train_image: fine-tune the image encoder (paper); False freezes it, BatchNorm statistics included
+            (a cheaper linear-probe-like setting for CPU budgets).
         dim: fusion width (512). num_fusion_layers / fusion_heads / fusion_ffn: 4 / 8 / 2048.
         share_layers: share attention + FFN across fusion layers (official code: true).
         final_layers / final_heads / final_ffn: second-stage encoder, 4 / 4 / 1024.
@@ -53,13 +55,15 @@ class GPFNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, image_encoder: str = "resnet50", image_weights: str | None = None,
-                 text_model: str | None = "minilm", train_text: bool = False, dim: int = 512,
+                 train_image: bool = True, text_model: str | None = "minilm", train_text: bool = False, dim: int = 512,
                  num_fusion_layers: int = 4, fusion_heads: int = 8, fusion_ffn: int = 2048,
                  share_layers: bool = True, final_layers: int = 4, final_heads: int = 4, final_ffn: int = 1024,
                  bottleneck_dropout: float = 0.5, dropout: float = 0.1, max_text_len: int = 64) -> None:
         super().__init__()
         self.image_encoder = get_image_encoder(image_encoder, weights=image_weights)
         self.image_encoder.drop_head()  # the ImageNet classifier is never used: keep every parameter trained
+        self.train_image = train_image
+        self.image_encoder.requires_grad_(train_image)
         self.bottleneck = nn.Sequential(nn.Linear(self.image_encoder.feature_dim, dim), nn.BatchNorm1d(dim),
                                         nn.Dropout(bottleneck_dropout))
         self.text_encoder = TextEncoder(text_model, trainable=train_text) if text_model else None
@@ -70,6 +74,12 @@ class GPFNet(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, final_heads, final_ffn, dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, final_layers, enable_nested_tensor=False)
         self.classifier = nn.Linear(dim, num_classes)
+
+    def train(self, mode: bool = True) -> "GPFNet":
+        super().train(mode)
+        if not self.train_image:
+            self.image_encoder.eval()
+        return self
 
     def image_tokens(self, image: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, dim): pooled encoder features through the bottleneck."""

@@ -147,17 +147,26 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]
     return summary
 
 
-def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, command: str = "") -> dict[str, Any]:
-    """Train one run per seed; writes ``<output_dir>/<name>/summary.json`` with mean ± std of every metric."""
+def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, command: str = "",
+                folds: list[int] | None = None) -> dict[str, Any]:
+    """Train one run per seed (and per ``data.fold`` when ``folds`` is given: cross-validation folds or
+    random splits, run folders ``<name>/fold_<f>/seed_<s>``); writes ``<output_dir>/<name>/summary.json``
+    with the mean ± std of every metric over all runs, and returns it."""
+    variants = [(None, seed) for seed in seeds] if folds is None else [(f, seed) for f in folds for seed in seeds]
     results = []
-    for seed in seeds:
-        seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
-        resume_this = resume and (run_dir_for(seeded) / "checkpoints" / "last.ckpt").is_file()
-        if resume and not resume_this and (run_dir_for(seeded) / "metrics.json").is_file():
-            results.append(json.loads((run_dir_for(seeded) / "metrics.json").read_text()))
+    for fold, seed in variants:
+        update: dict[str, Any] = {"train": config.train.model_copy(update={"seed": seed})}
+        if fold is not None:
+            update.update(name=f"{config.name}/fold_{fold}", data=config.data.model_copy(update={"fold": fold}))
+        variant = config.model_copy(update=update)
+        run_dir = run_dir_for(variant)
+        resume_this = resume and (run_dir / "checkpoints" / "last.ckpt").is_file()
+        if resume and not resume_this and (run_dir / "metrics.json").is_file():
+            results.append(json.loads((run_dir / "metrics.json").read_text()))
             continue
-        results.append(train(seeded, resume=resume_this, command=command))
-    summary = {"seeds": seeds, "parameters": results[0]["parameters"], **summarise(results)}
+        results.append(train(variant, resume=resume_this, command=command))
+    summary = {"seeds": seeds, **({"folds": folds} if folds is not None else {}),
+               "parameters": results[0]["parameters"], **summarise(results)}
     atomic_write_text(Path(config.output_dir) / config.name / "summary.json", json.dumps(summary, indent=2))
     return summary
 
