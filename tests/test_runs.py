@@ -195,6 +195,11 @@ def test_cli_train_seeds_eval_info_profile(tmp_path, mosi_synth, cache):
                 for s in (1, 2)]
     assert summary["test"]["MAE"][0] == pytest.approx(np.mean(per_seed))
     assert "±" in result.output
+    again = runner.invoke(app, ["summary", str(tmp_path / "runs" / "tiny")])
+    assert again.exit_code == 0 and "over 2 runs" in again.output
+    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["test"]["MAE"] == \
+        pytest.approx(summary["test"]["MAE"])
+    assert runner.invoke(app, ["summary", str(tmp_path / "nothing")]).exit_code == 2
     result = runner.invoke(app, ["eval", str(tmp_path / "runs" / "tiny" / "seed_1")])
     assert result.exit_code == 0 and "Has0_F1_score" in result.output
     bad = runner.invoke(app, ["train", str(cfg), "--set", "train.nope=1"])

@@ -51,9 +51,10 @@ def test_gpf_net_on_colo_pair_reports_both_protocols_and_evaluates(tmp_path, col
 @pytest.mark.slow
 def test_image_only_on_market1501_and_model_mismatch(tmp_path):
     root = write_synthetic_market1501(tmp_path / "market", n_ids=10, images_per_id=4)
-    cfg = _config(tmp_path, "market1501", root, protocols=["own"], batch_size=4)
+    cfg = _config(tmp_path, "market1501", root, protocols=["own"], batch_size=4, rerank=True, ap="trapezoid")
     metrics = train(cfg)
     assert "own/mAP" in metrics["test"] and "query/mAP" not in metrics["test"]
+    assert 0 <= metrics["test"]["own+rerank/mAP"] <= 1
     run = run_dir_for(cfg)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["model"]["dim"] = 64  # the saved weights are for dim 32

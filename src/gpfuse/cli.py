@@ -88,6 +88,18 @@ def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)
 
 
 @app.command()
+def summary(root: Path = typer.Argument(..., help="folder holding finished runs, e.g. runs/grf_mosi")) -> None:
+    """Mean ± std of every metric over the finished runs under ROOT (writes ROOT/summary.json)."""
+    from gpfuse.tasks.runner import summarise_folder
+
+    try:
+        result = summarise_folder(root)
+    except FileNotFoundError as err:
+        _fail(err)
+    console.print(_table(f"{root}: mean ± std over {len(result['runs'])} runs", {k: result[k] for k in ("valid", "test")}))
+
+
+@app.command()
 def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the run's layout (folder or file)"),
             out: Path = typer.Option(Path("predictions.csv"), help="CSV to write")) -> None:
     """Score every sample under DATA with the run's model; writes id,split,score,label."""

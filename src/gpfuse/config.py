@@ -64,6 +64,8 @@ class ReIDDataConfig(_Strict):
     protocols: list[Literal["own", "query"]] = Field(default_factory=lambda: ["own", "query"])
     select_protocol: Literal["own", "query"] = "own"
     metric: Literal["euclidean", "cosine"] = "euclidean"
+    ap: Literal["standard", "trapezoid"] = Field("standard", description="trapezoid: the GPF-Net code's old AP")
+    rerank: bool = Field(False, description="also report k-reciprocal re-ranking (protocol 'own+rerank')")
 
 
 DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig], Field(discriminator="source")]

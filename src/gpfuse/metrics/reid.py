@@ -459,7 +459,7 @@ def re_ranking(
     def rows(i: int) -> torch.Tensor:  # (c, n) float32 squared euclidean, row-normalised by its max
         d = torch.addmm(sq[i : i + chunk_size, None] + sq[None], feats[i : i + chunk_size], feats.t(), beta=1, alpha=-2)
         d = d.clamp_(min=0).float()
-        return d / d.max(dim=1, keepdim=True).values
+        return d / d.max(dim=1, keepdim=True).values.clamp_min(1e-12)  # guard: a row of identical features
 
     with torch.no_grad():
         # pass 1: nearest neighbours of every sample

@@ -37,10 +37,13 @@ def _regression_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
 
 
 def _reid_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
+    from gpfuse.encoders.image import IMAGE_ENCODERS
     from gpfuse.tasks.reid_data import ReIDDataModule
 
+    encoder = IMAGE_ENCODERS[config.model.get("image_encoder", "resnet50")][0]
     return ReIDDataModule(config.data, text_model=config.model.get("text_model"),
-                          max_text_len=config.model.get("max_text_len", 64), seed=config.train.seed)
+                          max_text_len=config.model.get("max_text_len", 64), seed=config.train.seed,
+                          mean=encoder.input_mean, std=encoder.input_std)
 
 
 def _retrieval_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
@@ -50,7 +53,8 @@ def _retrieval_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
     return RetrievalTask(model, lr=t.lr, lr_backbone=t.lr_backbone, weight_decay=t.weight_decay,
                          max_epochs=t.max_epochs, warmup_epochs=t.warmup_epochs, min_lr=t.min_lr, margin=t.margin,
                          label_smoothing=t.label_smoothing, id_weight=t.id_weight, triplet_weight=t.triplet_weight,
-                         metric=d.metric, protocols=tuple(d.protocols), select_protocol=d.select_protocol)
+                         metric=d.metric, protocols=tuple(d.protocols), select_protocol=d.select_protocol,
+                         ap=d.ap, rerank=d.rerank)
 
 
 def _rank_list(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:

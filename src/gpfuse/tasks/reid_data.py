@@ -15,7 +15,7 @@ from gpfuse.config import ReIDDataConfig
 from gpfuse.data.colo_pair import load_colo_pair
 from gpfuse.data.cuhk01 import load_cuhk01
 from gpfuse.data.market1501 import load_market1501
-from gpfuse.data.reid import ImageTransform, RandomIdentitySampler, ReIDImageDataset, ReIDSplit
+from gpfuse.data.reid import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, RandomIdentitySampler, ReIDImageDataset, ReIDSplit
 from gpfuse.encoders.text import tokenize
 from gpfuse.utils.files import atomic_write_text
 
@@ -47,15 +47,18 @@ class ReIDDataModule(L.LightningDataModule):
     Args:
         config: the data section. text_model: tokenizer to use for reports (the model's text encoder);
             None ignores reports (image-only). max_text_len: report tokens kept. seed: P x K sampler seed.
+        mean, std: input normalisation on [0, 1] pixels: the image encoder's own (ImageNet statistics for
+            ResNet-50, (x - 127) / 128 for the TF-converted EfficientNet-Lite0).
 
     Validation is carved from training identities (``config.val_ids`` videos or identities) and is what
     checkpoints are selected on; the test query/gallery are only used by ``trainer.test``.
     """
 
     def __init__(self, config: ReIDDataConfig, text_model: str | None = None, max_text_len: int = 64,
-                 seed: int = 0) -> None:
+                 seed: int = 0, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> None:
         super().__init__()
         self.config, self.text_model, self.max_text_len, self.seed = config, text_model, max_text_len, seed
+        self.mean, self.std = mean, std
         self.split: ReIDSplit | None = None
         self.reports: dict[str, str] | None = None
         self.datasets: dict[str, ReIDImageDataset] = {}
@@ -87,7 +90,8 @@ class ReIDDataModule(L.LightningDataModule):
             tokens = {t: (ids[i], masks[i]) for i, t in enumerate(texts)}
         self.collate = ReportCollate(tokens)
         size, c = tuple(self.config.image_size), self.config
-        train_tf, eval_tf = ImageTransform(size, train=True, pad=c.pad), ImageTransform(size)
+        train_tf = ImageTransform(size, train=True, pad=c.pad, mean=self.mean, std=self.std)
+        eval_tf = ImageTransform(size, mean=self.mean, std=self.std)
         for name in ("train", "val_query", "val_gallery", "query", "gallery"):
             self.datasets[name] = ReIDImageDataset(getattr(split, name), train_tf if name == "train" else eval_tf,
                                                    reports=self.reports, on_error=c.on_bad_image)

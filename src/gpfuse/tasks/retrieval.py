@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gpfuse.losses import batch_hard_triplet_loss
-from gpfuse.metrics.reid import evaluate_features, evaluate_rank
+from gpfuse.metrics.reid import evaluate_features, evaluate_rank, re_ranking
 from gpfuse.tasks.schedules import warmup_cosine
 
 __all__ = ["RetrievalTask", "PROTOCOLS"]
@@ -24,13 +24,15 @@ class RetrievalTask(L.LightningModule):
     Loss: ``id_weight * CE(logits, pid; label_smoothing) + triplet_weight * batch-hard triplet(margin)``.
     Validation and test take two loaders (query, gallery) and log ``{stage}/{protocol}/{mAP,rank1,rank5,
     rank10,mINP}``; ``{stage}/mAP`` is the ``select_protocol`` figure that checkpoints are chosen on.
+    ``ap="trapezoid"`` switches to the old trapezoid AP of the GPF-Net code; ``rerank`` adds the
+    ``own+rerank`` figures (k-reciprocal re-ranking, Zhong et al. 2017, on the own-protocol embeddings).
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-4, lr_backbone: float | None = 1e-5,
                  weight_decay: float = 1e-4, max_epochs: int = 50, warmup_epochs: int = 0, min_lr: float = 1e-7,
                  margin: float = 0.3, label_smoothing: float = 0.0, id_weight: float = 1.0,
                  triplet_weight: float = 1.0, metric: str = "euclidean", protocols: tuple[str, ...] = PROTOCOLS,
-                 select_protocol: str = "own") -> None:
+                 select_protocol: str = "own", ap: str = "standard", rerank: bool = False) -> None:
         super().__init__()
         unknown = set(protocols) - set(PROTOCOLS)
         if unknown or select_protocol not in protocols:
@@ -98,12 +100,17 @@ class RetrievalTask(L.LightningModule):
         args = (query["pid"].cpu().numpy(), gallery["pid"].cpu().numpy(), query["camid"].cpu().numpy(),
                 gallery["camid"].cpu().numpy())
         max_rank = min(50, len(gallery["pid"]))
+        ap = self.hparams.ap
         results = {"own": evaluate_features(query["embedding"], gallery["embedding"], *args,
-                                            metric=self.hparams.metric, max_rank=max_rank)}
+                                            metric=self.hparams.metric, max_rank=max_rank, ap=ap)}
+        if self.hparams.rerank:
+            k1 = min(20, len(gallery["pid"]) - 1)  # the usual k1=20, k2=6, shrunk for tiny galleries
+            distmat = re_ranking(query["embedding"], gallery["embedding"], k1=k1, k2=min(6, k1))
+            results["own+rerank"] = evaluate_rank(distmat, *args, max_rank=max_rank, ap=ap)
         if "query" in self.hparams.protocols and "text_ids" in query:
             with torch.no_grad():
                 distmat = self._query_protocol_distances(query, gallery)
-            results["query"] = evaluate_rank(distmat.cpu().numpy(), *args, max_rank=max_rank)
+            results["query"] = evaluate_rank(distmat.cpu().numpy(), *args, max_rank=max_rank, ap=ap)
         for protocol, (cmc, mAP, mINP) in results.items():
             figures = {"mAP": mAP, "rank1": cmc[0], "rank5": cmc[min(4, len(cmc) - 1)],
                        "rank10": cmc[min(9, len(cmc) - 1)], "mINP": mINP}

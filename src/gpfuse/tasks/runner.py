@@ -28,7 +28,8 @@ from gpfuse.tasks.kinds import TASK_KINDS
 from gpfuse.tasks.plots import plot_run
 from gpfuse.utils.files import atomic_path, atomic_write_text
 
-__all__ = ["run_dir_for", "train", "train_seeds", "evaluate", "predict", "summarise", "load_run_config"]
+__all__ = ["run_dir_for", "train", "train_seeds", "evaluate", "predict", "summarise", "summarise_folder",
+           "load_run_config"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,20 @@ def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, comma
     summary = {"seeds": seeds, **({"folds": folds} if folds is not None else {}),
                "parameters": results[0]["parameters"], **summarise(results)}
     atomic_write_text(Path(config.output_dir) / config.name / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def summarise_folder(root: str | Path) -> dict[str, Any]:
+    """Summarise every finished run (``*/metrics.json``) under ``root`` (runs made by separate commands,
+    e.g. folds trained in parallel) and write ``root/summary.json``."""
+    root = Path(root)
+    paths = sorted(root.rglob("metrics.json"))
+    if not paths:
+        raise FileNotFoundError(f"no finished run (metrics.json) under {root}")
+    results = [json.loads(p.read_text()) for p in paths]
+    summary = {"runs": [str(p.parent.relative_to(root)) for p in paths], "parameters": results[0]["parameters"],
+               **summarise(results)}
+    atomic_write_text(root / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
