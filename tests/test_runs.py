@@ -208,3 +208,21 @@ def test_cli_train_seeds_eval_info_profile(tmp_path, mosi_synth, cache):
     assert info.exit_code == 0 and "grf" in info.output and "recursive" in info.output
     prof = runner.invoke(app, ["profile", "grf", "--input-dims", "text=384,audio=73", "--batch-size", "2"])
     assert prof.exit_code == 0 and "gflops" in prof.output and "parameters" in prof.output
+
+
+def test_cli_converts_a_pickle_once_and_the_npz_feeds_the_data_module(tmp_path):
+    from gpfuse.data.synthetic_pickles import write_mult_pickle
+
+    src = write_mult_pickle(tmp_path / "mosi_data.pkl", n_per_split=(6, 3, 3))
+    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "mosi.npz")])
+    assert result.exit_code == 0, result.output
+    data = validate_config({"name": "x", "data": {"source": "npz", "root": str(tmp_path / "mosi.npz"),
+                                                  "modalities": ["text", "audio", "vision"], "max_len": {}},
+                            "model": {"name": "grf"}}).data
+    dm = SentimentDataModule(data)
+    dm.setup()
+    assert dm.input_dims == {"text": 300, "audio": 74, "vision": 35} and len(dm.splits["test"]) == 3
+    bad = tmp_path / "evil.pkl"
+    bad.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    result = CliRunner().invoke(app, ["convert", str(bad), str(tmp_path / "evil.npz")])
+    assert result.exit_code == 2 and "os.system" in result.output and not (tmp_path / "evil.npz").exists()
