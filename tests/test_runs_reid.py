@@ -10,7 +10,7 @@ import yaml
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair, write_synthetic_market1501
 from gpfuse.models.io import CheckpointMismatchError
-from gpfuse.tasks.runner import evaluate, run_dir_for, train
+from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
 
 MODEL = {"name": "gpf_net", "image_encoder": "efficientnet_lite0", "image_weights": None, "dim": 32,
          "num_fusion_layers": 2, "fusion_heads": 4, "fusion_ffn": 64, "final_layers": 1, "final_ffn": 64,
@@ -46,6 +46,11 @@ def test_gpf_net_on_colo_pair_reports_both_protocols_and_evaluates(tmp_path, col
     again = evaluate(run)
     assert again["test"]["query/mAP"] == pytest.approx(metrics["test"]["query/mAP"], abs=1e-6)
     assert json.loads((run / "metrics.json").read_text())["figures"] == [str(run / "rank_list.png")]
+    rows = predict(run, colo, tmp_path / "ranks.csv").read_text().splitlines()
+    assert rows[0] == "query,rank,gallery,distance,same_id" and len(rows) > 1
+    first = [r.split(",") for r in rows[1:] if r.split(",")[0] == rows[1].split(",")[0]]
+    assert [int(r[1]) for r in first] == list(range(1, len(first) + 1))
+    assert all(float(a[3]) <= float(b[3]) for a, b in zip(first, first[1:]))  # sorted by distance
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """Masked pooling shared by the fusion stacks."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 __all__ = ["masked_mean", "key_padding_mask"]

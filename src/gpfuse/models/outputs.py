@@ -13,4 +13,4 @@ class RegressionOutput(NamedTuple):
 
     score: Tensor
     aux: Tensor | None = None
-    gates: list[Tensor | None] = []
+    gates: list[Tensor | None] | tuple = ()

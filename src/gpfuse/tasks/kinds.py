@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
+import torch
 from torch import nn
 
 from gpfuse.config import RunConfig
@@ -19,7 +20,8 @@ class TaskKind:
     data: Callable[[RunConfig, Any, bool], L.LightningDataModule]  # (config, saved stats, for_predict)
     model_inputs: Callable[[L.LightningDataModule], dict[str, Any]]
     task: Callable[[RunConfig, nn.Module], L.LightningModule]
-    figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]] = lambda model, data, run_dir: []
+    figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]]
+    predict: Callable[[RunConfig, nn.Module, L.LightningDataModule, Any], None]  # writes CSV rows
 
 
 def _sentiment_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
@@ -57,6 +59,30 @@ def _retrieval_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
                          ap=d.ap, rerank=d.rerank)
 
 
+def _no_figures(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
+    return []
+
+
+def _predict_scores(config: RunConfig, model: nn.Module, data: L.LightningDataModule, writer: Any) -> None:
+    trainer = L.Trainer(accelerator=config.train.accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    task = _regression_task(config, model)
+    writer.writerow(["id", "split", "score", "label"])
+    for split, features in data.splits.items():
+        if len(features):
+            scores = torch.cat(trainer.predict(task, dataloaders=data.loader(split)))
+            for i, score, label in zip(features.ids, scores.tolist(), features.labels.tolist()):
+                writer.writerow([i, split, f"{score:.6f}", f"{label:.4f}"])
+
+
+def _predict_ranks(config: RunConfig, model: nn.Module, data: L.LightningDataModule, writer: Any) -> None:
+    from gpfuse.tasks.ranklist import ranked_gallery
+
+    writer.writerow(["query", "rank", "gallery", "distance", "same_id"])
+    for query, rank, gallery, distance, same in ranked_gallery(model, data, top=10):
+        writer.writerow([query, rank, gallery, f"{distance:.6f}", int(same)])
+
+
 def _rank_list(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
     from gpfuse.tasks.ranklist import save_rank_list
 
@@ -64,6 +90,8 @@ def _rank_list(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> 
 
 
 TASK_KINDS: dict[str, TaskKind] = {
-    "regression": TaskKind(_sentiment_data, lambda dm: {"input_dims": dm.input_dims}, _regression_task),
-    "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task, _rank_list),
+    "regression": TaskKind(_sentiment_data, lambda dm: {"input_dims": dm.input_dims}, _regression_task,
+                           _no_figures, _predict_scores),
+    "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task, _rank_list,
+                          _predict_ranks),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -10,7 +11,7 @@ import torch
 from gpfuse.data.reid import read_image
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["embed", "save_rank_list"]
+__all__ = ["embed", "ranked_gallery", "save_rank_list"]
 
 
 @torch.no_grad()
@@ -18,6 +19,29 @@ def embed(model: torch.nn.Module, loader) -> torch.Tensor:
     """(N, D) embeddings of every item of ``loader`` (each image with its own report, when any)."""
     model.eval()
     return torch.cat([model(batch).embedding for batch in loader])
+
+
+def _rankings(model: torch.nn.Module, data, top: int) -> tuple[np.ndarray, list[list[int]]]:
+    """Test query x gallery distances (own protocol, squared Euclidean) and, per query, the ``top`` gallery
+    indices with same-identity-same-camera entries removed (as in evaluation)."""
+    query_set, gallery_set = data.datasets["query"], data.datasets["gallery"]
+    q, g = embed(model, data.test_dataloader()[0]), embed(model, data.test_dataloader()[1])
+    dist = torch.cdist(q, g).square().numpy()
+    orders = []
+    for qi, item in enumerate(query_set.items):
+        orders.append([j for j in np.argsort(dist[qi], kind="stable")
+                       if not (gallery_set.items[j].pid == item.pid and gallery_set.items[j].camid == item.camid)][:top])
+    return dist, orders
+
+
+def ranked_gallery(model: torch.nn.Module, data, top: int = 10) -> Iterator[tuple[str, int, str, float, bool]]:
+    """``(query path, rank, gallery path, distance, same identity)`` for the ``top`` matches of each test query."""
+    dist, orders = _rankings(model, data, top)
+    query_set, gallery_set = data.datasets["query"], data.datasets["gallery"]
+    for qi, order in enumerate(orders):
+        for rank, j in enumerate(order, 1):
+            yield (query_set.items[qi].path, rank, gallery_set.items[j].path, float(dist[qi, j]),
+                   gallery_set.items[j].pid == query_set.items[qi].pid)
 
 
 def save_rank_list(model: torch.nn.Module, data, path: Path, num_queries: int = 6, top: int = 10) -> Path:
@@ -28,14 +52,11 @@ def save_rank_list(model: torch.nn.Module, data, path: Path, num_queries: int = 
     import matplotlib.pyplot as plt
 
     query_set, gallery_set = data.datasets["query"], data.datasets["gallery"]
-    q, g = embed(model, data.test_dataloader()[0]), embed(model, data.test_dataloader()[1])
-    dist = torch.cdist(q, g).numpy()
+    _, orders = _rankings(model, data, top)
     rows = np.linspace(0, len(query_set) - 1, min(num_queries, len(query_set))).astype(int)
     fig, axes = plt.subplots(len(rows), top + 1, figsize=(1.3 * (top + 1), 1.9 * len(rows)), squeeze=False)
     for r, qi in enumerate(rows):
-        item = query_set.items[qi]
-        order = [j for j in np.argsort(dist[qi], kind="stable")
-                 if not (gallery_set.items[j].pid == item.pid and gallery_set.items[j].camid == item.camid)][:top]
+        item, order = query_set.items[qi], orders[qi]
         cells = [(item, "black", "query")] + [
             (gallery_set.items[j], "green" if gallery_set.items[j].pid == item.pid else "red", f"{k + 1}")
             for k, j in enumerate(order)]

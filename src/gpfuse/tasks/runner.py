@@ -227,21 +227,12 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
 
 
 def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path:
-    """Score every utterance of every split under ``data_root`` (same layout as the run's data) and write
-    ``id,split,score,label`` to the CSV ``out``."""
+    """Apply a run's saved model to the data under ``data_root`` (same layout as the run's data) and write a
+    CSV: sentiment runs score every utterance (``id,split,score,label``); re-identification runs rank the
+    gallery for every test query (``query,rank,gallery,distance,same_id``, top 10)."""
     run_dir = Path(run_dir)
     config, data, model = _load(run_dir, str(data_root))
-    if config.task != "regression":
-        raise NotImplementedError(f"gpfuse predict supports sentiment runs; {run_dir} is a {config.task} run")
-    trainer = _trainer(config)
-    task = TASK_KINDS[config.task].task(config, model)
+    kind = TASK_KINDS[config.task]
     with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "split", "score", "label"])
-        for split, features in data.splits.items():
-            if len(features) == 0:
-                continue
-            scores = torch.cat(trainer.predict(task, dataloaders=data.loader(split)))
-            for i, score, label in zip(features.ids, scores.tolist(), features.labels.tolist()):
-                writer.writerow([i, split, f"{score:.6f}", f"{label:.4f}"])
+        kind.predict(config, model, data, csv.writer(f))
     return Path(out)
