@@ -154,6 +154,10 @@ class RetrievalTask(L.LightningModule):
         if backbone:
             groups.append({"params": backbone, "lr": hp.lr_backbone if hp.lr_backbone is not None else hp.lr})
         optimizer = torch.optim.AdamW(groups, weight_decay=hp.weight_decay)
+        # per optimiser step: a warm-up of whole epochs would jump to the full rate after one epoch, which
+        # lets the post-LN fusion stack collapse every embedding onto one point within the first epoch
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = hp.warmup_epochs * total // max(1, hp.max_epochs)
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: warmup_cosine(e, hp.warmup_epochs, hp.max_epochs, hp.lr, hp.min_lr))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+            optimizer, lambda step: warmup_cosine(step, warmup, total, hp.lr, hp.min_lr))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
