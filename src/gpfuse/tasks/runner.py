@@ -115,8 +115,8 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         data.save_split_lists(run_dir / "splits")
         data.save_stats(run_dir / "data_stats.json")
     if command:
-        with (run_dir / "command.txt").open("a") as f:
-            f.write(command + "\n")
+        previous = (run_dir / "command.txt").read_text() if (run_dir / "command.txt").is_file() else ""
+        atomic_write_text(run_dir / "command.txt", previous + command + "\n")
     t = config.train
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor,
                                  mode=t.monitor_mode, save_last=True, save_top_k=1)
@@ -127,8 +127,8 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     valid = _strip(_merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False)), "valid")
     test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False)), "test")
     save_pretrained(model, run_dir / "model")
-    TASK_KINDS[config.task].figures(model, data, run_dir)
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"])
+    kind.figures(model, data, run_dir)
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     metrics = {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": trainer.current_epoch,
                "parameters": _count(model), "seed": config.train.seed}
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
