@@ -75,7 +75,18 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(y)) + identity)
 
 
-class ResNet50Encoder(nn.Module):
+class EncoderMixin:
+    """What every image encoder exposes (after smp's ``EncoderMixin``): ``out_channels`` of the feature maps
+    ``forward`` returns, input first, and ``feature_dim``, the channels of the last one."""
+
+    out_channels: tuple[int, ...]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.out_channels[-1]
+
+
+class ResNet50Encoder(EncoderMixin, nn.Module):
     """ResNet-50 (He et al. 2016, torchvision v1.5) whose ``state_dict`` equals torchvision's ``resnet50()``.
 
     Shapes: (B, in_channels, H, W) -> [x, (B, 64, H/2), (B, 256, H/4), (B, 512, H/8), (B, 1024, H/16),
@@ -106,10 +117,6 @@ class ResNet50Encoder(nn.Module):
         self.fc: nn.Linear | None = nn.Linear(2048, num_classes)
         self.out_channels = (in_channels, 64, 256, 512, 1024, 2048)
         _init_conv_bn(self)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.out_channels[-1]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = [x]
@@ -195,7 +202,7 @@ LITE0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40)
                 (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
 
 
-class EfficientNetLite0Encoder(nn.Module):
+class EfficientNetLite0Encoder(EncoderMixin, nn.Module):
     """EfficientNet-Lite0 (Tan & Le 2019; TF ``efficientnet/lite``): ReLU6, no SE, fixed stem/head.
 
     Parameter names are those of ``efficientnet_pytorch`` / ``efficientnet_lite_pytorch``
@@ -237,10 +244,6 @@ class EfficientNetLite0Encoder(nn.Module):
         self.act = nn.ReLU6()
         self.out_channels = (in_channels, 32, 24, 40, 112, 320)
         _init_conv_bn(self)
-
-    @property
-    def feature_dim(self) -> int:
-        return self.out_channels[-1]
 
     def forward(self, x: Tensor) -> list[Tensor]:
         features = [x]

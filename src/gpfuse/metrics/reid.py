@@ -61,6 +61,12 @@ def _as_ids(x: Any, name: str, n: int, what: str, device: torch.device | str) ->
     return t.to(device=device, dtype=torch.int64)
 
 
+
+def _all_ids(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, q_what: str, g_what: str, device):
+    """Identity and camera ids of queries and gallery as tensors on ``device``, each checked for length."""
+    return (_as_ids(q_pids, "q_pids", num_q, q_what, device), _as_ids(g_pids, "g_pids", num_g, g_what, device),
+            _as_ids(q_camids, "q_camids", num_q, q_what, device), _as_ids(g_camids, "g_camids", num_g, g_what, device))
+
 def _check_choice(value: str, name: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of: {list(allowed)}, got {value!r}")
@@ -298,10 +304,7 @@ def evaluate_rank(
         dist = dist.double()
     num_q, num_g = dist.shape
     dev = dist.device
-    qp = _as_ids(q_pids, "q_pids", num_q, "distmat rows", dev)
-    gp = _as_ids(g_pids, "g_pids", num_g, "distmat columns", dev)
-    qc = _as_ids(q_camids, "q_camids", num_q, "distmat rows", dev)
-    gc = _as_ids(g_camids, "g_camids", num_g, "distmat columns", dev)
+    qp, gp, qc, gc = _all_ids(q_pids, g_pids, q_camids, g_camids, num_q, num_g, "distmat rows", "distmat columns", dev)
     max_rank = _check_eval_args(max_rank, ap, num_g)
     acc = _RankAccumulator(max_rank, ap)
     for i in range(0, num_q, _RANK_CHUNK):
@@ -358,10 +361,7 @@ def evaluate_features(
         dtype = torch.promote_types(q.dtype, g.dtype)
         q, g = q.to(dtype), g.to(dtype)
     num_q, num_g = q.shape[0], g.shape[0]
-    qp = _as_ids(q_pids, "q_pids", num_q, "q_feats", device)
-    gp = _as_ids(g_pids, "g_pids", num_g, "g_feats", device)
-    qc = _as_ids(q_camids, "q_camids", num_q, "q_feats", device)
-    gc = _as_ids(g_camids, "g_camids", num_g, "g_feats", device)
+    qp, gp, qc, gc = _all_ids(q_pids, g_pids, q_camids, g_camids, num_q, num_g, "q_feats", "g_feats", device)
     max_rank = _check_eval_args(max_rank, ap, num_g)
     g_prep = _prepare(g, metric)
     acc = _RankAccumulator(max_rank, ap)
