@@ -155,7 +155,7 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
             name, options = model, {}
         if name == "gpf_net":
             net = create_model(name, num_classes=num_classes, **options)
-            batch = image_text_batch(1, image_size, getattr(net.pos, "pe").shape[0] - 1)
+            batch = image_text_batch(1, image_size, net.pos.pe.shape[0] - 1)
             shape = f"1 image {image_size}x{image_size} + {batch['text_ids'].shape[1]} report tokens"
         else:
             net = create_model(name, input_dims=dims, **options)

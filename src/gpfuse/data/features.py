@@ -13,9 +13,12 @@ import numpy as np
 
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["SplitFeatures", "clean_nonfinite", "save_features_npz", "load_features_npz"]
+__all__ = ["SPLITS", "SplitFeatures", "clean_nonfinite", "save_features_npz", "load_features_npz"]
 
 log = logging.getLogger(__name__)
+
+#: the standard split names of every sentiment layout
+SPLITS = ("train", "valid", "test")
 
 
 @dataclass

@@ -13,13 +13,12 @@ from typing import Sequence
 
 import numpy as np
 
-from gpfuse.data.features import SplitFeatures, clean_nonfinite
+from gpfuse.data.features import SPLITS, SplitFeatures, clean_nonfinite
 
-__all__ = ["MOSI_SPLITS", "load_mosi_folder"]
+__all__ = ["load_mosi_folder"]
 
 log = logging.getLogger(__name__)
 
-MOSI_SPLITS = ("train", "valid", "test")
 _LABEL_COLUMNS = ("video_id", "segment_index", "sentiment", "standard_split")
 _TRANSCRIPT_COLUMNS = ("segment_id", "video_id", "segment_index", "text")
 
@@ -86,9 +85,9 @@ def load_mosi_folder(root: str | Path, modalities: Sequence[str] = ("text", "aud
                       dtype=np.float32)
     labels = clean_nonfinite(labels, f"{labels_path}:sentiment")
     splits = np.array([r["standard_split"] for r in rows])
-    bad = sorted(set(splits) - set(MOSI_SPLITS))
+    bad = sorted(set(splits) - set(SPLITS))
     if bad:
-        raise ValueError(f"{labels_path}: unknown standard_split value(s) {bad}; expected {list(MOSI_SPLITS)}")
+        raise ValueError(f"{labels_path}: unknown standard_split value(s) {bad}; expected {list(SPLITS)}")
 
     keys = list(zip(videos.tolist(), segments.tolist()))
     transcripts_path = root / "transcripts.csv"
@@ -111,4 +110,4 @@ def load_mosi_folder(root: str | Path, modalities: Sequence[str] = ("text", "aud
             log.warning("%s: %d segment(s) without a transcript dropped: %s", transcripts_path, (~keep).sum(),
                         ", ".join(ids[~keep]))
     everything = SplitFeatures(ids, labels, features, masks, texts)
-    return {s: everything.subset(keep & (splits == s)) for s in MOSI_SPLITS}
+    return {s: everything.subset(keep & (splits == s)) for s in SPLITS}

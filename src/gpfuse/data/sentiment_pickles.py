@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gpfuse.data.features import SplitFeatures, clean_nonfinite, save_features_npz
+from gpfuse.data.features import SPLITS, SplitFeatures, clean_nonfinite, save_features_npz
 from gpfuse.data.safe_pickle import safe_load_pickle
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "convert_feature_pickle",
 ]
 
-SPLITS = ("train", "valid", "test")
 MODALITIES = ("text", "audio", "vision")
 LAYOUTS = ("auto", "mmsa", "mult")
 

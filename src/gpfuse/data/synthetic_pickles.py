@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gpfuse.data.features import SPLITS
+
 __all__ = ["MMSA_SHAPES", "MULT_SHAPES", "write_mmsa_pickle", "write_mult_pickle"]
 
 # modality -> (sequence length, feature dim); MMSA ones are small, MulT ones are the real file's.
 MMSA_SHAPES = {"text": (8, 16), "audio": (12, 5), "vision": (10, 20)}
 MULT_SHAPES = {"text": (50, 300), "audio": (50, 74), "vision": (50, 35)}
-_SPLITS = ("train", "valid", "test")
 
 
 def _labels(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -53,7 +54,7 @@ def write_mmsa_pickle(
     """
     rng = np.random.default_rng(seed)
     data = {}
-    for split, n in zip(_SPLITS, n_per_split, strict=True):
+    for split, n in zip(SPLITS, n_per_split, strict=True):
         item = {
             "raw_text": np.array([f"{split} utterance {i}" for i in range(n)], dtype=object),
             "id": np.array([f"vid{i % 3}$_${i}" for i in range(n)], dtype=object),
@@ -82,7 +83,7 @@ def write_mult_pickle(path: str | Path, n_per_split: Sequence[int] = (8, 4, 4), 
     """
     rng = np.random.default_rng(seed)
     data = {}
-    for split, n in zip(_SPLITS, n_per_split, strict=True):
+    for split, n in zip(SPLITS, n_per_split, strict=True):
         lens = rng.integers(1, 51, n)  # one word count per utterance, shared by the aligned modalities
         item = {m: _padded(rng, lens, seq_len, dim, left=True) for m, (seq_len, dim) in MULT_SHAPES.items()}
         item["labels"] = _labels(rng, n).reshape(n, 1, 1)

@@ -62,6 +62,19 @@ def _as_ids(x: Any, name: str, n: int, what: str, device: torch.device | str) ->
 
 
 
+def _feature_pair(q_feats, g_feats, device) -> tuple[torch.Tensor, torch.Tensor, torch.device | str]:
+    """Query and gallery features as 2-D tensors on one device (the queries' by default), of one dtype and
+    one feature size."""
+    if device is None:
+        device = q_feats.device if isinstance(q_feats, torch.Tensor) else "cpu"
+    q = _as_features(q_feats, "q_feats", device)
+    g = _as_features(g_feats, "g_feats", device)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"q_feats and g_feats must have the same feature dim, got {q.shape[1]} and {g.shape[1]}")
+    dtype = torch.promote_types(q.dtype, g.dtype)
+    return q.to(dtype), g.to(dtype), device
+
+
 def _all_ids(q_pids, g_pids, q_camids, g_camids, num_q: int, num_g: int, q_what: str, g_what: str, device):
     """Identity and camera ids of queries and gallery as tensors on ``device``, each checked for length."""
     return (_as_ids(q_pids, "q_pids", num_q, q_what, device), _as_ids(g_pids, "g_pids", num_g, g_what, device),
@@ -351,15 +364,7 @@ def evaluate_features(
     """
     _check_choice(metric, "metric", _METRICS)
     chunk_size = _check_positive_int(chunk_size, "chunk_size")
-    if device is None:
-        device = q_feats.device if isinstance(q_feats, torch.Tensor) else "cpu"
-    q = _as_features(q_feats, "q_feats", device)
-    g = _as_features(g_feats, "g_feats", device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"q_feats and g_feats must have the same feature dim, got {q.shape[1]} and {g.shape[1]}")
-    if q.dtype != g.dtype:
-        dtype = torch.promote_types(q.dtype, g.dtype)
-        q, g = q.to(dtype), g.to(dtype)
+    q, g, device = _feature_pair(q_feats, g_feats, device)
     num_q, num_g = q.shape[0], g.shape[0]
     qp, gp, qc, gc = _all_ids(q_pids, g_pids, q_camids, g_camids, num_q, num_g, "q_feats", "g_feats", device)
     max_rank = _check_eval_args(max_rank, ap, num_g)
@@ -440,16 +445,11 @@ def re_ranking(
     chunk_size = _check_positive_int(chunk_size, "chunk_size")
     if not 0.0 <= float(lambda_value) <= 1.0:
         raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value!r}")
-    if device is None:
-        device = q_feats.device if isinstance(q_feats, torch.Tensor) else "cpu"
-    q = _as_features(q_feats, "q_feats", device)
-    g = _as_features(g_feats, "g_feats", device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"q_feats and g_feats must have the same feature dim, got {q.shape[1]} and {g.shape[1]}")
+    q, g, device = _feature_pair(q_feats, g_feats, device)
     num_q, num_g = q.shape[0], g.shape[0]
     if num_q == 0 or num_g == 0:
         raise ValueError(f"q_feats and g_feats must be non-empty, got {num_q} and {num_g} rows")
-    feats = torch.cat([q, g.to(q.dtype) if g.dtype != q.dtype else g])
+    feats = torch.cat([q, g])
     n = feats.shape[0]
     dev = feats.device
     sq = feats.pow(2).sum(dim=1)

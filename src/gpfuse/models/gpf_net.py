@@ -27,11 +27,13 @@ __all__ = ["GPFNet", "GPFNetOutput"]
 
 
 class GPFNetOutput(NamedTuple):
-    """embedding: (B, dim) fused token 0; logits: (B, num_classes); gates: per fusion layer (B, 1, dim)."""
+    """embedding: (B, dim) fused token 0; logits: (B, num_classes); gates: per fusion layer (B, 1, dim);
+    image: (B, dim) the bottleneck image token (reused by the ``query`` text protocol)."""
 
     embedding: Tensor
     logits: Tensor
     gates: list[Tensor]
+    image: Tensor
 
 
 class GPFNet(nn.Module):
@@ -110,4 +112,4 @@ class GPFNet(nn.Module):
             mask = batch["text_mask"]
             text = self.text_tokens(batch["text_ids"], mask)
         embedding, gates = self.fuse(image, text, mask)
-        return GPFNetOutput(embedding, self.classifier(embedding), gates)
+        return GPFNetOutput(embedding, self.classifier(embedding), gates, image)

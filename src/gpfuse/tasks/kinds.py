@@ -21,11 +21,12 @@ class TaskKind:
     model_inputs: Callable[[L.LightningDataModule], dict[str, Any]]
     task: Callable[[RunConfig, nn.Module], L.LightningModule]
     figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]]
-    predict: Callable[[RunConfig, nn.Module, L.LightningDataModule, Any], None]  # writes CSV rows
+    predict: Callable[[L.Trainer, L.LightningModule, L.LightningDataModule, Any], None]  # writes CSV rows
 
 
 def _sentiment_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
-    from gpfuse.tasks.sentiment_data import SPLITS, SentimentDataModule
+    from gpfuse.data.features import SPLITS
+    from gpfuse.tasks.sentiment_data import SentimentDataModule
 
     return SentimentDataModule(config.data, stats=stats, required_splits=() if for_predict else SPLITS)
 
@@ -63,10 +64,7 @@ def _no_figures(model: nn.Module, data: L.LightningDataModule, run_dir: Path) ->
     return []
 
 
-def _predict_scores(config: RunConfig, model: nn.Module, data: L.LightningDataModule, writer: Any) -> None:
-    trainer = L.Trainer(accelerator=config.train.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False)
-    task = _regression_task(config, model)
+def _predict_scores(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, writer: Any) -> None:
     writer.writerow(["id", "split", "score", "label"])
     for split, features in data.splits.items():
         if len(features):
@@ -75,11 +73,11 @@ def _predict_scores(config: RunConfig, model: nn.Module, data: L.LightningDataMo
                 writer.writerow([i, split, f"{score:.6f}", f"{label:.4f}"])
 
 
-def _predict_ranks(config: RunConfig, model: nn.Module, data: L.LightningDataModule, writer: Any) -> None:
+def _predict_ranks(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, writer: Any) -> None:
     from gpfuse.tasks.ranklist import ranked_gallery
 
     writer.writerow(["query", "rank", "gallery", "distance", "same_id"])
-    for query, rank, gallery, distance, same in ranked_gallery(model, data, top=10):
+    for query, rank, gallery, distance, same in ranked_gallery(task.model, data, top=10):
         writer.writerow([query, rank, gallery, f"{distance:.6f}", int(same)])
 
 

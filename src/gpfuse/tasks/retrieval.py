@@ -14,7 +14,7 @@ from gpfuse.tasks.schedules import warmup_cosine
 __all__ = ["RetrievalTask", "PROTOCOLS"]
 
 #: ``own``: every image embedded once with its own report; ``query``: the gallery embedded with the
-#: report of each query's patient (GPF-Net's protocol; needs a model with ``image_tokens``/``fuse``).
+#: report of each query's patient (GPF-Net's protocol; needs a model whose output has ``image`` and that has ``text_tokens``/``fuse``).
 PROTOCOLS = ("own", "query")
 
 
@@ -65,8 +65,8 @@ class RetrievalTask(L.LightningModule):
         store.setdefault("camid", []).append(batch["camid"])
         for i, gate in enumerate(out.gates):
             store.setdefault(f"gate{i}", []).append(gate.float())
-        if "query" in self.hparams.protocols and "text_ids" in batch and hasattr(self.model, "image_tokens"):
-            store.setdefault("image", []).append(self.model.image_tokens(batch["image"]))
+        if "query" in self.hparams.protocols and "text_ids" in batch and hasattr(out, "image"):
+            store.setdefault("image", []).append(out.image)
             store.setdefault("text_ids", []).append(batch["text_ids"])
             store.setdefault("text_mask", []).append(batch["text_mask"])
 

@@ -234,5 +234,5 @@ def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path
     config, data, model = _load(run_dir, str(data_root))
     kind = TASK_KINDS[config.task]
     with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
-        kind.predict(config, model, data, csv.writer(f))
+        kind.predict(_trainer(config), kind.task(config, model), data, csv.writer(f))
     return Path(out)

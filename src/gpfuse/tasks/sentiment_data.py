@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gpfuse.config import SentimentDataConfig
-from gpfuse.data.features import SplitFeatures, load_features_npz
+from gpfuse.data.features import SPLITS, SplitFeatures, load_features_npz
 from gpfuse.data.mosi import load_mosi_folder
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.encoders.text import encode_texts, resolve_text_model
@@ -25,7 +25,6 @@ from gpfuse.utils.files import atomic_path, atomic_write_text
 __all__ = ["SentimentDataModule", "FeatureDataset", "default_cache_dir"]
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "valid", "test")
 
 
 def default_cache_dir() -> Path:
