@@ -244,9 +244,9 @@ def test_all_pairs_baseline_grows_quadratically_and_respects_masks():
 
 # ---- GPF-Net's gated progressive layers --------------------------------------------------------------
 
-def _gpf(share=True):
+def _gpf(share=True, norm_first=False):
     return build_fusion("gpf_progressive", dim=D, num_layers=4, num_heads=2, ffn_dim=32, dropout=0.0,
-                        share_layers=share)
+                        share_layers=share, norm_first=norm_first)
 
 
 def _joint(batch=3, length=6):
@@ -271,8 +271,23 @@ def test_gpf_stack_shapes_gates_grad_and_sharing():
     _grad_check(shared, out[:, 0].square().mean())
 
 
-def test_gpf_stack_masks_and_batch_independence():
-    stack = _gpf().eval()
+def test_gpf_pre_ln_layer_follows_its_formula_and_trains_every_parameter():
+    stack = _gpf(norm_first=True)
+    layer = stack.blocks[0]
+    assert isinstance(layer.norm_attn, torch.nn.Identity)  # no LayerNorm on the residual stream
+    x, mask = _joint()
+    with torch.no_grad():  # x + attn(LN([I; F])), then x + FFN(LN(x))
+        fused = layer.gate(x[:, :1], x[:, 1:])
+        h = layer.norm_in(torch.cat([x[:, :1], fused], dim=1))
+        y = x + layer.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0]
+        y = y + layer.ffn(layer.norm_ffn(y))
+        torch.testing.assert_close(layer(x, mask)[mask], y[mask])
+    _grad_check(stack, stack(x, mask=mask)[:, 0].square().mean())
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_gpf_stack_masks_and_batch_independence(norm_first):
+    stack = _gpf(norm_first=norm_first).eval()
     x, mask = _joint()
     with torch.no_grad():
         ref = stack(x, mask=mask)

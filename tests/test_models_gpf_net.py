@@ -34,8 +34,9 @@ def test_shapes_gates_and_frozen_text_encoder(model):
     assert not model.text_encoder.model.training  # frozen encoder stays in eval mode (no dropout)
 
 
-def test_every_trainable_parameter_gets_a_gradient(model):
-    model.train()
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_every_trainable_parameter_gets_a_gradient(norm_first):
+    model = create_model("gpf_net", **SMALL, norm_first=norm_first).train()
     model.zero_grad()
     out = model(_batch())
     (out.logits.logsumexp(1).mean() + out.embedding.square().mean()).backward()
@@ -43,8 +44,9 @@ def test_every_trainable_parameter_gets_a_gradient(model):
     assert not missing
 
 
-def test_eval_embedding_is_batch_independent(model):
-    model.eval()
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_eval_embedding_is_batch_independent(norm_first):
+    model = create_model("gpf_net", **SMALL, norm_first=norm_first).eval()
     batch = _batch()
     with torch.no_grad():
         together = model(batch).embedding
@@ -113,8 +115,27 @@ def test_profile_counts_the_text_encoder_apart(model):
 
 
 def test_frozen_image_encoder_stays_in_eval_mode_without_gradients():
-    net = create_model("gpf_net", **{**SMALL, "text_model": None, "train_image": False}).train()
+    net = create_model("gpf_net", **{**SMALL, "text_model": None, "train_image": False})
+    # Lightning never calls .train(): the frozen encoder must be in eval mode from construction on
+    assert not net.image_encoder.training and net.bottleneck.training
+    net.train()
     assert not net.image_encoder.training and net.bottleneck.training
     assert not any(p.requires_grad for p in net.image_encoder.parameters())
     net(_batch()).embedding.sum().backward()
     assert net.bottleneck[0].weight.grad is not None
+
+
+def test_frozen_batchnorm_fine_tunes_weights_but_keeps_running_statistics():
+    net = create_model("gpf_net", **{**SMALL, "text_model": None, "freeze_image_bn": True})
+    bns = [m for m in net.image_encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for _ in range(2):  # as built, and after an explicit .train()
+        assert bns and not any(m.training for m in bns) and net.image_encoder.training
+        net.train()
+    before = {k: v.clone() for k, v in net.image_encoder.state_dict().items() if "running" in k}
+    net(_batch()).embedding.sum().backward()
+    after = net.image_encoder.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert net.image_encoder._conv_stem.weight.grad.abs().sum() > 0 and bns[0].weight.grad is not None
+    plain = create_model("gpf_net", **{**SMALL, "text_model": None})
+    plain(_batch())  # without the switch the statistics move in training
+    assert not torch.equal(plain.image_encoder._bn0.running_mean, net.image_encoder._bn0.running_mean)

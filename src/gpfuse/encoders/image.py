@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ResNet50Encoder", "EfficientNetLite0Encoder", "IMAGE_ENCODERS", "get_image_encoder",
+__all__ = ["ResNet50Encoder", "EfficientNetLite0Encoder", "IMAGE_ENCODERS", "get_image_encoder", "freeze_batchnorm",
            "global_pool", "load_image_weights", "read_state_dict", "efficientnet_lite0_weights_path"]
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,15 @@ def global_pool(features: list[Tensor] | Tensor) -> Tensor:
     """Global average pool of the last feature map: (B, C, H, W) (or a list ending in one) -> (B, C)."""
     x = features[-1] if isinstance(features, (list, tuple)) else features
     return x.mean(dim=(-2, -1))
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics used and left unchanged);
+    their affine weights still train. Call it again after each ``module.train()``."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return module
 
 
 def _init_conv_bn(module: nn.Module) -> None:

@@ -3,6 +3,10 @@
 The layer works on the joint sequence ``x = [I; T]`` (image token first, then text tokens):
 ``g = sigmoid(W_g I)``, ``F = (1 - g) * I + g * T`` (broadcast over tokens), ``h = LN([I; F])``,
 multi-head self-attention over ``h`` added to ``x`` (LN), then a feed-forward (LN).
+
+``norm_first=True`` is gpfuse's pre-LN variant (Xiong et al. 2020): the same gate and attention input
+``LN([I; F])``, but the residual stream is never normalised (``x + attn``, ``x + FFN(LN(x))``), which
+trains stably at learning rates where the paper's post-LN stack collapses (docs/results.md, CUHK01).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class GatedProgressiveLayer(nn.Module):
             (2048). dropout: attention/FFN dropout.
         attn, ffn: modules to share with other layers (GPF-Net's code shares one attention and one FFN
             across its 4 layers, ALBERT-style, and keeps gates and LayerNorms per layer); None builds new ones.
+        norm_first: pre-LN residuals instead of the paper's post-LN (see the module docstring).
 
     The gate reads the running image token ``x[:, 0]`` of this layer (the paper leaves open whether the
     original or the refined image token drives later gates; gpfuse uses the refined one, so each layer's
@@ -39,12 +44,14 @@ class GatedProgressiveLayer(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1,
-                 attn: nn.MultiheadAttention | None = None, ffn: nn.Module | None = None) -> None:
+                 attn: nn.MultiheadAttention | None = None, ffn: nn.Module | None = None,
+                 norm_first: bool = False) -> None:
         super().__init__()
+        self.norm_first = norm_first
         self.gate = ImageConditionedGate(dim)
         self.norm_in = nn.LayerNorm(dim)
         self.attn = attn if attn is not None else nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
-        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_attn = nn.Identity() if norm_first else nn.LayerNorm(dim)
         self.ffn = ffn if ffn is not None else _ffn(dim, ffn_dim, dropout)
         self.norm_ffn = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
@@ -54,19 +61,25 @@ class GatedProgressiveLayer(nn.Module):
         fused, gate = self.gate(image, text, return_gate=True)
         h = self.norm_in(torch.cat([image, fused], dim=1))
         attended, _ = self.attn(h, h, h, key_padding_mask=key_padding_mask(mask), need_weights=False)
-        x = self.norm_attn(x + self.dropout(attended))
-        x = self.norm_ffn(x + self.ffn(x))
+        if self.norm_first:
+            x = x + self.dropout(attended)
+            x = x + self.ffn(self.norm_ffn(x))
+        else:
+            x = self.norm_attn(x + self.dropout(attended))
+            x = self.norm_ffn(x + self.ffn(x))
         return (x, gate) if return_gate else x
 
 
 def gated_progressive_stack(dim: int, num_layers: int = 4, num_heads: int = 8, ffn_dim: int = 2048,
-                            dropout: float = 0.1, share_layers: bool = True) -> ProgressiveFusion:
+                            dropout: float = 0.1, share_layers: bool = True, norm_first: bool = False
+                            ) -> ProgressiveFusion:
     """GPF-Net's 4 gated progressive fusion layers; ``share_layers`` shares attention + FFN across layers
-    (gates and LayerNorms stay per layer), as the official code does."""
+    (gates and LayerNorms stay per layer), as the official code does; ``norm_first`` makes them pre-LN."""
     if share_layers:
         attn = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
         ffn = _ffn(dim, ffn_dim, dropout)
-        factory = lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout, attn=attn, ffn=ffn)  # noqa: E731
+        factory = lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout, attn=attn, ffn=ffn,  # noqa: E731
+                                                norm_first=norm_first)
     else:
-        factory = lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout)  # noqa: E731
+        factory = lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout, norm_first=norm_first)  # noqa: E731
     return ProgressiveFusion(factory, num_layers)

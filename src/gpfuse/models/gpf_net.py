@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from gpfuse.encoders import SinusoidalPositionalEncoding, TextEncoder
-from gpfuse.encoders.image import get_image_encoder, global_pool
+from gpfuse.encoders.image import freeze_batchnorm, get_image_encoder, global_pool
 from gpfuse.fusion import build_fusion
 
 __all__ = ["GPFNet", "GPFNetOutput"]
@@ -47,10 +47,15 @@ class GPFNet(nn.Module):
             paper's), or None for an image-only model. train_text: fine-tune the text encoder.
         train_image: fine-tune the image encoder (paper); False freezes it, BatchNorm statistics included
             (a cheaper linear-probe-like setting for CPU budgets).
+        freeze_image_bn: fine-tune the image encoder's weights but keep its BatchNorm layers in eval mode
+            (ImageNet running statistics, as detection fine-tuning does with small batches): on CUHK01, P x K
+            batches of padded crops drag the statistics away and every epoch lowers validation mAP.
         dim: fusion width (512). num_fusion_layers / fusion_heads / fusion_ffn: 4 / 8 / 2048.
         share_layers: share attention + FFN across fusion layers (official code: true).
         final_layers / final_heads / final_ffn: second-stage encoder, 4 / 4 / 1024.
         bottleneck_dropout: 0.5. dropout: attention/FFN dropout. max_text_len: report tokens kept.
+        norm_first: pre-LN fusion layers and second-stage encoder (with a final LayerNorm) instead of the
+            paper's post-LN; gpfuse's option for training at higher rates (see ``fusion/gpf.py``).
 
     Input: ``batch["image"]`` (B, 3, H, W); optionally ``batch["text_ids"]`` (B, L) and
     ``batch["text_mask"]`` (B, L) bool. Output: :class:`GPFNetOutput`.
@@ -60,11 +65,12 @@ class GPFNet(nn.Module):
                  train_image: bool = True, text_model: str | None = "minilm", train_text: bool = False, dim: int = 512,
                  num_fusion_layers: int = 4, fusion_heads: int = 8, fusion_ffn: int = 2048,
                  share_layers: bool = True, final_layers: int = 4, final_heads: int = 4, final_ffn: int = 1024,
-                 bottleneck_dropout: float = 0.5, dropout: float = 0.1, max_text_len: int = 64) -> None:
+                 bottleneck_dropout: float = 0.5, dropout: float = 0.1, max_text_len: int = 64,
+                 norm_first: bool = False, freeze_image_bn: bool = False) -> None:
         super().__init__()
         self.image_encoder = get_image_encoder(image_encoder, weights=image_weights)
         self.image_encoder.drop_head()  # the ImageNet classifier is never used: keep every parameter trained
-        self.train_image = train_image
+        self.train_image, self.freeze_image_bn = train_image, freeze_image_bn
         self.image_encoder.requires_grad_(train_image)
         self.bottleneck = nn.Sequential(nn.Linear(self.image_encoder.feature_dim, dim), nn.BatchNorm1d(dim),
                                         nn.Dropout(bottleneck_dropout))
@@ -72,15 +78,19 @@ class GPFNet(nn.Module):
         self.text_proj = nn.Linear(self.text_encoder.hidden_size, dim) if self.text_encoder else None
         self.pos = SinusoidalPositionalEncoding(dim, 1 + max_text_len)
         self.fusion = build_fusion("gpf_progressive", dim=dim, num_layers=num_fusion_layers, num_heads=fusion_heads,
-                                   ffn_dim=fusion_ffn, dropout=dropout, share_layers=share_layers)
-        layer = nn.TransformerEncoderLayer(dim, final_heads, final_ffn, dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, final_layers, enable_nested_tensor=False)
+                                   ffn_dim=fusion_ffn, dropout=dropout, share_layers=share_layers, norm_first=norm_first)
+        layer = nn.TransformerEncoderLayer(dim, final_heads, final_ffn, dropout, batch_first=True, norm_first=norm_first)
+        self.encoder = nn.TransformerEncoder(layer, final_layers, norm=nn.LayerNorm(dim) if norm_first else None,
+                                             enable_nested_tensor=False)
         self.classifier = nn.Linear(dim, num_classes)
+        self.train()  # Lightning never calls .train(): apply the frozen parts' eval modes now
 
     def train(self, mode: bool = True) -> "GPFNet":
         super().train(mode)
         if not self.train_image:
             self.image_encoder.eval()
+        elif self.freeze_image_bn:
+            freeze_batchnorm(self.image_encoder)
         return self
 
     def image_tokens(self, image: Tensor) -> Tensor:
