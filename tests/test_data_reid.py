@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from gpfuse.data.colo_pair import colo_pair_fold_videos, load_colo_pair, read_report_table
 from gpfuse.data.cuhk01 import list_cuhk01, load_cuhk01
 from gpfuse.data.market1501 import load_market1501
-from gpfuse.data.reid import (IMAGENET_MEAN, IMAGENET_STD, ImageTransform, RandomIdentitySampler, ReIDImageDataset,
-                              ReIDItem, ReIDSplit, read_image)
+from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD, read_image
+from gpfuse.data.reid import ImageTransform, RandomIdentitySampler, ReIDImageDataset, ReIDItem, ReIDSplit
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair, write_synthetic_market1501
 
 

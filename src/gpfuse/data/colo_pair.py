@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpfuse.data.reid import IMAGE_SUFFIXES, ReIDItem, ReIDSplit, carve_validation, relabel_train
+from gpfuse.data.images import IMAGE_SUFFIXES
+from gpfuse.data.reid import ReIDItem, ReIDSplit, carve_validation, relabel_train
 
 __all__ = ["REPORT_COLUMNS", "colo_pair_fold_videos", "patient_id", "read_report_table", "load_colo_pair"]
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gpfuse.data.reid import IMAGE_SUFFIXES, ReIDItem, ReIDSplit, carve_validation, relabel_train
+from gpfuse.data.images import IMAGE_SUFFIXES
+from gpfuse.data.reid import ReIDItem, ReIDSplit, carve_validation, relabel_train
 
 __all__ = ["CUHK01_NUM_SPLITS", "parse_cuhk01_name", "list_cuhk01", "load_cuhk01"]
 

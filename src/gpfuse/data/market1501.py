@@ -11,7 +11,8 @@ import logging
 import re
 from pathlib import Path
 
-from gpfuse.data.reid import IMAGE_SUFFIXES, ReIDItem, ReIDSplit, carve_validation, relabel_train
+from gpfuse.data.images import IMAGE_SUFFIXES
+from gpfuse.data.reid import ReIDItem, ReIDSplit, carve_validation, relabel_train
 
 __all__ = ["MARKET_FOLDERS", "parse_market_name", "load_market1501"]
 

@@ -8,7 +8,6 @@ Transforms use PIL, numpy and torch only (no torchvision); their random draws co
 from __future__ import annotations
 
 import logging
-import struct
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,17 +18,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["ReIDItem", "ReIDSplit", "IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "read_image",
-           "check_image", "relabel_train", "carve_validation", "ImageTransform", "ReIDImageDataset",
+from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD, check_image, read_image
+
+__all__ = ["ReIDItem", "ReIDSplit", "relabel_train", "carve_validation", "ImageTransform", "ReIDImageDataset",
            "RandomIdentitySampler"]
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
-                  Image.DecompressionBombError)
 
 
 class ReIDItem(NamedTuple):
@@ -88,36 +83,6 @@ class ReIDSplit:
             if items:
                 parts.append(f"{name}: {len({it.pid for it in items})} ids / {len(items)} images")
         return f"{self.name}: " + ", ".join(parts)
-
-
-def read_image(path: str | Path) -> Image.Image:
-    """Read ``path`` as an RGB PIL image; FileNotFoundError when absent, ValueError naming the file when
-    it cannot be decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except _DECODE_ERRORS as err:
-        raise ValueError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
-
-
-def check_image(path: str | Path, full_decode: bool = False) -> str | None:
-    """Why ``path`` cannot be read, or None when it looks fine. ``full_decode=False`` only opens the file
-    and runs PIL's ``verify()`` (fast; a truncated JPEG may pass and fail later in :func:`read_image`)."""
-    path = Path(path)
-    if not path.is_file():
-        return "file not found"
-    try:
-        with Image.open(path) as img:
-            if full_decode:
-                img.convert("RGB")
-            else:
-                img.verify()
-    except _DECODE_ERRORS as err:
-        return f"{type(err).__name__}: {err}"
-    return None
 
 
 def relabel_train(items: Sequence[ReIDItem]) -> list[ReIDItem]:

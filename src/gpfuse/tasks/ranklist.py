@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from gpfuse.data.reid import read_image
+from gpfuse.data.images import read_image
 from gpfuse.utils.files import atomic_path
 
 __all__ = ["embed", "ranked_gallery", "save_rank_list"]

@@ -15,7 +15,8 @@ from gpfuse.config import ReIDDataConfig
 from gpfuse.data.colo_pair import load_colo_pair
 from gpfuse.data.cuhk01 import load_cuhk01
 from gpfuse.data.market1501 import load_market1501
-from gpfuse.data.reid import IMAGENET_MEAN, IMAGENET_STD, ImageTransform, RandomIdentitySampler, ReIDImageDataset, ReIDSplit
+from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD
+from gpfuse.data.reid import ImageTransform, RandomIdentitySampler, ReIDImageDataset, ReIDSplit
 from gpfuse.encoders.text import tokenize
 from gpfuse.utils.files import atomic_write_text
 
