@@ -31,3 +31,23 @@ def test_retrieval_task_warms_up_per_step():
     schedule = config["lr_scheduler"]["scheduler"]
     assert config["lr_scheduler"]["interval"] == "step"
     assert schedule.get_last_lr()[0] == pytest.approx(1e-3 / 20)  # step 0 of a 20-step warm-up
+
+
+def test_poly_decay_by_hand_and_the_optimisers():
+    import torch
+
+    from gpfuse.tasks.schedules import build_optimizer, lr_lambda, warmup_poly
+
+    assert warmup_poly(0, 0, 10) == pytest.approx(1.0)
+    assert warmup_poly(5, 0, 10, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert warmup_poly(10, 0, 10) == 0.0 and warmup_poly(15, 0, 10) == 0.0  # clamped after the end
+    assert warmup_poly(0, 2, 12) == pytest.approx(0.5) and warmup_poly(2, 2, 12) == pytest.approx(1.0)
+    assert warmup_poly(7, 2, 12, 1.0) == pytest.approx(0.5)  # linear with power 1: 5 of 10 decay steps
+    assert lr_lambda("poly", 0, 10, 1e-3, 0.0, 0.9)(5) == pytest.approx(0.5 ** 0.9)
+    assert lr_lambda("warmup_cosine", 4, 20, 1e-3, 1e-6)(0) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        lr_lambda("step", 0, 10, 1e-3, 0.0)
+    sgd = build_optimizer([torch.nn.Parameter(torch.zeros(1))], "sgd", 4e-4, 1e-5, momentum=0.9)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["lr"] == 4e-4
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], "lamb", 1e-3, 0.0)

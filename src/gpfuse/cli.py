@@ -15,7 +15,8 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
-DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml")
+DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml", "configs/ea_dk_demo.yaml")
+SEG_ENCODERS = ("efficientnet_lite0", "res2net50_v1b_26w_4s", "resnet50")
 
 
 def _seeds(text: Optional[str], default: int) -> list[int]:
@@ -28,16 +29,18 @@ def _seeds(text: Optional[str], default: int) -> list[int]:
 
 
 def _table(title: str, rows: dict[str, dict[str, object]]) -> Table:
-    """One row per metric, one column per split; a value or a [mean, std] pair."""
+    """One row per metric, one column per split; a value, a [mean, std] pair, or blank where a split lacks it
+    (segmentation test sets report ``<set>/<metric>``)."""
     table = Table(title=title)
     table.add_column("metric")
     for stage in rows:
         table.add_column(stage, justify="right")
-    for key in next(iter(rows.values())):
+    keys = list(dict.fromkeys(k for metrics in rows.values() for k in metrics))
+    for key in keys:
         cells = []
         for metrics in rows.values():
-            v = metrics[key]
-            cells.append(f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, (list, tuple)) else f"{v:.4f}")
+            v = metrics.get(key)
+            cells.append("" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, (list, tuple)) else f"{v:.4f}")
         table.add_row(key, *cells)
     return table
 
@@ -100,9 +103,11 @@ def summary(root: Path = typer.Argument(..., help="folder holding finished runs,
 
 
 @app.command()
-def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the run's layout (folder or file)"),
-            out: Path = typer.Option(Path("predictions.csv"), help="CSV to write")) -> None:
-    """Score every sample under DATA with the run's model; writes id,split,score,label."""
+def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the run's layout (folder or file); "
+                                                       "segmentation: a folder of images"),
+            out: Path = typer.Option(Path("predictions.csv"), help="CSV to write (segmentation: a folder)")) -> None:
+    """Apply the run's model to DATA: sentiment scores (id,split,score,label), re-identification top-10
+    rankings (query,rank,gallery,distance,same_id), or segmentation masks + overlays + predictions.csv."""
     from gpfuse.tasks.runner import predict as run_predict
 
     try:
@@ -137,9 +142,13 @@ def info() -> None:
 def profile(model: str = typer.Argument(..., help="model name or YAML config"),
             input_dims: str = typer.Option("text=384,audio=73,vision=35", help="sentiment: modality=size,..."),
             num_classes: int = typer.Option(24, help="re-identification: training identities"),
-            batch_size: int = 32, seq_len: int = 50, image_size: int = 224) -> None:
+            batch_size: int = 32, seq_len: int = 50,
+            image_size: Optional[int] = typer.Option(None, help="image side (default 224; 352 for ea_dk)")) -> None:
     """Parameters (total/trainable), FLOPs and forward time of MODEL on synthetic input (sentiment models:
-    BATCH_SIZE x SEQ_LEN feature sequences; image models: one IMAGE_SIZE image + a full-length report)."""
+    BATCH_SIZE x SEQ_LEN feature sequences; GPF-Net: one image + a full-length report; EA-DK: one image,
+    once per image encoder)."""
+    import torch
+
     from gpfuse.config import load_config
     from gpfuse.models import create_model
     from gpfuse.tasks.profile import image_text_batch, profile_model, synthetic_batch
@@ -153,6 +162,15 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
                 dims = {m: dims[m] for m in cfg.data.modalities}
         else:
             name, options = model, {}
+        if name == "ea_dk":
+            side = image_size or 352
+            for encoder in ([options["encoder"]] if "encoder" in options else SEG_ENCODERS):
+                net = create_model(name, **{**options, "encoder": encoder, "encoder_weights": None})
+                figures = profile_model(net, {"image": torch.randn(1, 3, side, side)}, repeats=3)
+                console.print(f"ea_dk with {encoder}, 1 image {side}x{side}: {figures['parameters']:,} parameters, "
+                              f"{figures['gflops']:.2f} GFLOPs, {figures['forward_ms']:.0f} ms forward on CPU")
+            return
+        image_size = image_size or 224
         if name == "gpf_net":
             net = create_model(name, num_classes=num_classes, **options)
             batch = image_text_batch(1, image_size, net.pos.pe.shape[0] - 1)
@@ -182,8 +200,9 @@ def convert(src: Path, dst: Path, layout: str = typer.Option("auto", help="auto,
 
 @app.command()
 def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--config", help="demo configs")) -> None:
-    """Train and test each demo config: GRF on CMU-MOSI (synthetic data in the same layout when the shared
-    copy is absent), then GPF-Net on a generated Colo-Pair folder; print the metrics and the run folders."""
+    """Train and test each demo config: GRF on CMU-MOSI, GPF-Net on a generated Colo-Pair folder, EA-DK on a
+    subset of Kvasir-SEG (tested on its val split and CVC-ClinicDB); synthetic data in the same layouts
+    where the shared copies are absent. Prints the metrics and the run folders."""
     import time
 
     from gpfuse.config import load_config
@@ -193,7 +212,9 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
     for path in configs:
         cfg = load_config(path)
         cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
-        root = Path(cfg.data.root)
+        if cfg.data.source == "polyp_folders":
+            cfg = _synthetic_polyps_if_missing(cfg, Path(cfg.output_dir) / "demo_data" / "polyp")
+        root = Path(cfg.data.root if hasattr(cfg.data, "root") else cfg.data.train[0])
         if cfg.data.source == "mosi" and not (root / "labels.csv").is_file():
             console.print(f"[yellow]CMU-MOSI not found at {root}: the demo uses SYNTHETIC data in the same layout[/]")
         if cfg.data.source == "colo_pair" and not root.is_dir():
@@ -206,6 +227,19 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
                              {k: metrics[k] for k in ("valid", "test")}))
         console.print(f"parameters: {metrics['parameters']}")
         console.print(f"run folder: {run_dir_for(cfg)}")
+
+
+def _synthetic_polyps_if_missing(cfg, folder: Path):
+    """The demo config, with generated polyp folders in place of absent shared data."""
+    if all(Path(f).is_dir() for f in [*cfg.data.train, *cfg.data.test.values()]):
+        return cfg
+    from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
+
+    console.print(f"[yellow]Kvasir-SEG / CVC-ClinicDB not found: the demo uses SYNTHETIC polyps in {folder}[/]")
+    train = write_synthetic_polyp_folder(folder / "train", n_images=48, size=96, seed=0)
+    test = write_synthetic_polyp_folder(folder / "test", n_images=16, size=96, seed=1)
+    data = cfg.data.model_copy(update={"train": [str(train)], "val": [], "test": {"synthetic": str(test)}})
+    return cfg.model_copy(update={"data": data})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gpfuse.models import MODELS
 
-__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "SegDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
 
 
 class ConfigError(ValueError):
@@ -68,8 +68,39 @@ class ReIDDataConfig(_Strict):
     rerank: bool = Field(False, description="also report k-reciprocal re-ranking (protocol 'own+rerank')")
 
 
-DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig], Field(discriminator="source")]
-TASK_OF_DATA = {SentimentDataConfig: "regression", ReIDDataConfig: "retrieval"}
+class SegDataConfig(_Strict):
+    """Image/mask folders for binary segmentation (``images/`` + ``masks/`` each; see ``gpfuse.data.polyp``).
+
+    ``split``: ``given`` tests on the ``test`` folders; ``random`` (the EA-DK paper's 80/20) and ``group``
+    (whole ``group_column`` groups of ``index.csv``, e.g. CVC-ClinicDB videos) hold ``test_fraction`` of the
+    training folders out as the test set ``held_out``. Validation is the ``val`` folders, else
+    ``val_fraction`` of the training images carved the same way; checkpoints are selected on it only.
+    """
+
+    source: Literal["polyp_folders"]
+    train: list[str] = Field(min_length=1)
+    val: list[str] = Field(default_factory=list)
+    test: dict[str, str] = Field(default_factory=dict, description="test set name -> folder")
+    split: Literal["given", "random", "group"] = "given"
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    group_column: str = "video_sequence"
+    subset: int | None = Field(None, ge=1, description="at most this many images per split (seeded): quick runs")
+    image_size: int = Field(352, ge=32)
+    augment: bool = True
+    flip_p: float = Field(0.5, ge=0, le=1)
+    rotate: float = Field(15.0, ge=0, le=180)
+    scale: tuple[float, float] = (0.75, 1.25)
+    jitter: float = Field(0.2, ge=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+    on_bad_file: Literal["raise", "skip"] = "raise"
+    nonbinary_mask: Literal["binarize", "raise", "skip"] = "binarize"
+
+
+DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig, SegDataConfig], Field(discriminator="source")]
+TASK_OF_DATA = {SentimentDataConfig: "regression", ReIDDataConfig: "retrieval", SegDataConfig: "segmentation"}
 
 
 class TrainConfig(_Strict):
@@ -83,6 +114,11 @@ class TrainConfig(_Strict):
     patience: int = Field(20, ge=1)
     grad_clip: float | None = 1.0
     lr_backbone: float | None = Field(None, gt=0, description="retrieval: lr of image/text encoders")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="segmentation: sgd (EA-DK) or adamw")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
+    schedule: Literal["warmup_cosine", "poly"] = Field("warmup_cosine", description="segmentation: per step")
+    poly_power: float = Field(0.9, gt=0)
+    threshold: float = Field(0.5, gt=0, lt=1, description="segmentation: probability threshold (paper metrics)")
     loss: Literal["l1", "mse"] = "l1"
     aux_weight: float = Field(0.4, ge=0)
     margin: float = Field(0.3, ge=0, description="retrieval: triplet margin")
@@ -107,7 +143,7 @@ class RunConfig(_Strict):
 
     @property
     def task(self) -> str:
-        """``regression`` (sentiment data) or ``retrieval`` (re-identification data)."""
+        """``regression`` (sentiment data), ``retrieval`` (re-identification) or ``segmentation`` (image/mask)."""
         return TASK_OF_DATA[type(self.data)]
 
     def model_options(self) -> dict[str, Any]:
@@ -134,7 +170,7 @@ def _options_schema(name: str) -> type[BaseModel]:
 
 def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
-    tags = {"mosi", "pickle", "npz", "colo_pair", "market1501", "cuhk01"}  # union tags pydantic adds to the path
+    tags = {"mosi", "pickle", "npz", "colo_pair", "market1501", "cuhk01", "polyp_folders"}  # union tags pydantic adds to the path
     for e in err.errors():
         loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "data" and p in tags)]
         key = ".".join(str(p) for p in (prefix, *loc) if p != "")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["write_synthetic_colo_pair", "write_synthetic_market1501"]
+__all__ = ["write_synthetic_colo_pair", "write_synthetic_market1501", "random_polyp", "polyp_scene"]
 
 _LOCATIONS = ["cecum", "ascending colon", "hepatic flexure", "transverse colon", "descending colon",
               "sigmoid colon", "rectum"]
@@ -38,8 +38,16 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, waves: int = 6) -> n
     return out / waves
 
 
-def _polyp_scene(rng: np.random.Generator, s: int, polyp: dict) -> np.ndarray:
-    """A (s, s, 3) float image in [0, 1] of one polyp on mucosa."""
+def random_polyp(rng: np.random.Generator, centre: tuple[float, float] = (0.4, 0.6)) -> dict:
+    """Shape, texture and colour of one made-up polyp (its centre drawn in ``centre`` x image size)."""
+    return {"center": rng.uniform(*centre, 2), "radius": rng.uniform(0.1, 0.25), "aspect": rng.uniform(0.6, 1.0),
+            "angle": rng.uniform(0, np.pi), "freq": rng.uniform(4, 16), "tex_angle": rng.uniform(0, np.pi),
+            "colour": rng.uniform([0.6, 0.2, 0.2], [0.95, 0.5, 0.45]),
+            "morphology": _MORPHOLOGY[rng.integers(len(_MORPHOLOGY))]}
+
+
+def polyp_scene(rng: np.random.Generator, s: int, polyp: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A (s, s, 3) float image in [0, 1] of one polyp on mucosa, and the polyp's soft mask (s, s) in [0, 1]."""
     y, x = np.mgrid[0:s, 0:s].astype(float)
     img = np.empty((s, s, 3))
     base = np.array([0.90, 0.58, 0.58]) + rng.normal(0, 0.03, 3)
@@ -64,7 +72,7 @@ def _polyp_scene(rng: np.random.Generator, s: int, polyp: dict) -> np.ndarray:
     img += shade[..., None]
     hy, hx = cy - 0.35 * r, cx - 0.3 * r  # specular highlight
     img += 0.5 * np.exp(-((y - hy) ** 2 + (x - hx) ** 2) / (2 * (0.08 * r + 1) ** 2))[..., None]
-    return np.clip(img, 0, 1)
+    return np.clip(img, 0, 1), mask
 
 
 def _to_image(x: np.ndarray) -> Image.Image:
@@ -107,16 +115,13 @@ def write_synthetic_colo_pair(root: str | Path, n_videos: int = 12, frames_per_v
     findings: dict[str, list[str]] = {}
     scene_size = int(size * 1.5)
     for patient, video in videos:
-        polyp = {"center": rng.uniform(0.4, 0.6, 2), "radius": rng.uniform(0.1, 0.25), "aspect": rng.uniform(0.6, 1.0),
-                 "angle": rng.uniform(0, np.pi), "freq": rng.uniform(4, 16), "tex_angle": rng.uniform(0, np.pi),
-                 "colour": rng.uniform([0.6, 0.2, 0.2], [0.95, 0.5, 0.45]),
-                 "morphology": _MORPHOLOGY[rng.integers(len(_MORPHOLOGY))]}
+        polyp = random_polyp(rng)
         location = _LOCATIONS[rng.integers(len(_LOCATIONS))]
         size_mm = int(round(5 + polyp["radius"] * 80))
         surface = _SURFACE[int(polyp["freq"] // 4) % len(_SURFACE)]
         findings.setdefault(patient, []).append(
             f"a {size_mm} mm {polyp['morphology']} polyp with a {surface} surface in the {location}")
-        scene = _to_image(_polyp_scene(rng, scene_size, polyp))
+        scene = _to_image(polyp_scene(rng, scene_size, polyp)[0])
         for view, angle, zoom in (("1", 0.0, 0.62), ("2", rng.uniform(20, 70) * rng.choice([-1, 1]), 0.5)):
             gain = np.ones(3) if view == "1" else rng.uniform(0.85, 1.1, 3)
             folder = root / "resized_frame" / video / view

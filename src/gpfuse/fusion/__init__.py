@@ -14,13 +14,14 @@ from gpfuse.fusion.attention import CrossAttention, SymmetricCrossAttention, Two
 from gpfuse.fusion.baselines import ConcatFusion, FixedGateFusion, SumFusion
 from gpfuse.fusion.gpf import GatedProgressiveLayer, gated_progressive_stack
 from gpfuse.fusion.gates import GatedArbitration, GatedFusionUnit, ImageConditionedGate
+from gpfuse.fusion.kernel import GatedKernelUpdate
 from gpfuse.fusion.pooling import masked_mean
 from gpfuse.fusion.stacks import AllPairsCrossAttention, GRFBlock, ProgressiveFusion, RecursiveFusion, RecursiveFusionOutput
 
 __all__ = [
     "BINARY_FUSIONS", "FUSIONS", "build_fusion",
     "ConcatFusion", "SumFusion", "FixedGateFusion",
-    "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration",
+    "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration", "GatedKernelUpdate",
     "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention",
     "GatedProgressiveLayer", "gated_progressive_stack", "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
 ]
@@ -70,6 +71,7 @@ FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "all_pairs": AllPairsCrossAttention,
     "gpf_layer": GatedProgressiveLayer,
     "gpf_progressive": gated_progressive_stack,
+    "kernel_update": GatedKernelUpdate,
 }
 
 

@@ -5,18 +5,20 @@ from typing import Any, Callable
 
 from torch import nn
 
+from gpfuse.models.ea_dk import EADK
 from gpfuse.models.gpf_net import GPFNet, GPFNetOutput
 from gpfuse.models.grf import GRF, UnimodalRegressor
 from gpfuse.models.io import load_pretrained, save_pretrained
-from gpfuse.models.outputs import RegressionOutput
+from gpfuse.models.outputs import RegressionOutput, SegmentationOutput
 
-__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "RegressionOutput", "save_pretrained",
+__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "EADK", "RegressionOutput", "SegmentationOutput", "save_pretrained",
            "load_pretrained"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "grf": GRF,
     "unimodal": UnimodalRegressor,
     "gpf_net": GPFNet,
+    "ea_dk": EADK,
 }
 
 

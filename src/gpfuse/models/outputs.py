@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["RegressionOutput"]
+__all__ = ["RegressionOutput", "SegmentationOutput"]
 
 
 class RegressionOutput(NamedTuple):
@@ -14,3 +14,14 @@ class RegressionOutput(NamedTuple):
     score: Tensor
     aux: Tensor | None = None
     gates: list[Tensor | None] | tuple = ()
+
+
+class SegmentationOutput(NamedTuple):
+    """logits: (B, 1, H, W) at the input size; stages: every stage's logits at its own resolution, deep to
+    shallow (deep supervision); gates: per kernel update (B, 2, C): the kept-kernel and taken-region gates;
+    attention: (B, S, S) encoder-attention weights over the S stage tokens."""
+
+    logits: Tensor
+    stages: list[Tensor]
+    gates: list[Tensor]
+    attention: Tensor

@@ -2,33 +2,47 @@
 and wraps the model in its LightningModule. The runner knows nothing else of a task."""
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
 from torch import nn
 
 from gpfuse.config import RunConfig
+from gpfuse.utils.files import atomic_path
 
 __all__ = ["TaskKind", "TASK_KINDS"]
 
 
 @dataclass(frozen=True)
 class TaskKind:
-    data: Callable[[RunConfig, Any, bool], L.LightningDataModule]  # (config, saved stats, for_predict)
+    data: Callable[[RunConfig, Any, str | None], L.LightningDataModule]  # (config, saved stats, predict root)
     model_inputs: Callable[[L.LightningDataModule], dict[str, Any]]
     task: Callable[[RunConfig, nn.Module], L.LightningModule]
     figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]]
-    predict: Callable[[L.Trainer, L.LightningModule, L.LightningDataModule, Any], None]  # writes CSV rows
+    predict: Callable[[L.Trainer, L.LightningModule, L.LightningDataModule, Path], Path]  # writes to the path
 
 
-def _sentiment_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
+def _at_root(config: RunConfig, root: str | None) -> RunConfig:
+    """The config with ``data.root`` moved to ``root`` (prediction on other data in the same layout)."""
+    return config if root is None else config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+
+
+def _write_csv(out: Path, rows: Iterable[list[Any]]) -> Path:
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return out
+
+
+def _sentiment_data(config: RunConfig, stats: Any, predict_root: str | None) -> L.LightningDataModule:
     from gpfuse.data.features import SPLITS
     from gpfuse.tasks.sentiment_data import SentimentDataModule
 
-    return SentimentDataModule(config.data, stats=stats, required_splits=() if for_predict else SPLITS)
+    config = _at_root(config, predict_root)
+    return SentimentDataModule(config.data, stats=stats, required_splits=() if predict_root else SPLITS)
 
 
 def _regression_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
@@ -39,11 +53,17 @@ def _regression_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
                           warmup_epochs=t.warmup_epochs, max_epochs=t.max_epochs, min_lr=t.min_lr)
 
 
-def _reid_data(config: RunConfig, stats: Any, for_predict: bool) -> L.LightningDataModule:
+def _encoder_class(name: str) -> type:
     from gpfuse.encoders.image import IMAGE_ENCODERS
+
+    return IMAGE_ENCODERS[name][0]
+
+
+def _reid_data(config: RunConfig, stats: Any, predict_root: str | None) -> L.LightningDataModule:
     from gpfuse.tasks.reid_data import ReIDDataModule
 
-    encoder = IMAGE_ENCODERS[config.model.get("image_encoder", "resnet50")][0]
+    config = _at_root(config, predict_root)
+    encoder = _encoder_class(config.model.get("image_encoder", "resnet50"))
     return ReIDDataModule(config.data, text_model=config.model.get("text_model"),
                           max_text_len=config.model.get("max_text_len", 64), seed=config.train.seed,
                           mean=encoder.input_mean, std=encoder.input_std)
@@ -64,21 +84,23 @@ def _no_figures(model: nn.Module, data: L.LightningDataModule, run_dir: Path) ->
     return []
 
 
-def _predict_scores(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, writer: Any) -> None:
-    writer.writerow(["id", "split", "score", "label"])
+def _predict_scores(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, out: Path) -> Path:
+    """``id,split,score,label`` for every utterance."""
+    rows: list[list[Any]] = [["id", "split", "score", "label"]]
     for split, features in data.splits.items():
         if len(features):
             scores = torch.cat(trainer.predict(task, dataloaders=data.loader(split)))
-            for i, score, label in zip(features.ids, scores.tolist(), features.labels.tolist()):
-                writer.writerow([i, split, f"{score:.6f}", f"{label:.4f}"])
+            rows += [[i, split, f"{score:.6f}", f"{label:.4f}"]
+                     for i, score, label in zip(features.ids, scores.tolist(), features.labels.tolist())]
+    return _write_csv(out, rows)
 
 
-def _predict_ranks(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, writer: Any) -> None:
+def _predict_ranks(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, out: Path) -> Path:
+    """``query,rank,gallery,distance,same_id`` for the top 10 of every test query."""
     from gpfuse.tasks.ranklist import ranked_gallery
 
-    writer.writerow(["query", "rank", "gallery", "distance", "same_id"])
-    for query, rank, gallery, distance, same in ranked_gallery(task.model, data, top=10):
-        writer.writerow([query, rank, gallery, f"{distance:.6f}", int(same)])
+    rows = [[q, rank, g, f"{d:.6f}", int(same)] for q, rank, g, d, same in ranked_gallery(task.model, data, top=10)]
+    return _write_csv(out, [["query", "rank", "gallery", "distance", "same_id"], *rows])
 
 
 def _rank_list(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
@@ -87,9 +109,49 @@ def _rank_list(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> 
     return [save_rank_list(model, data, run_dir / "rank_list.png")]
 
 
+def _seg_data(config: RunConfig, stats: Any, predict_root: str | None) -> L.LightningDataModule:
+    from gpfuse.tasks.seg_data import SegDataModule
+
+    encoder = _encoder_class(config.model.get("encoder", "efficientnet_lite0"))
+    return SegDataModule(config.data, seed=config.train.seed, mean=encoder.input_mean, std=encoder.input_std,
+                         predict_root=predict_root)
+
+
+def _segmentation_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
+    from gpfuse.tasks.segmentation import SegmentationTask
+
+    t = config.train
+    return SegmentationTask(model, optimizer=t.optimizer, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay,
+                            schedule=t.schedule, poly_power=t.poly_power, warmup_epochs=t.warmup_epochs,
+                            max_epochs=t.max_epochs, min_lr=t.min_lr, threshold=t.threshold,
+                            test_names=config_test_names(config))
+
+
+def config_test_names(config: RunConfig) -> tuple[str, ...]:
+    """The test sets a segmentation run reports, in loader order: the given folders, then ``held_out``."""
+    d = config.data
+    return (*d.test, *(("held_out",) if d.split != "given" else ()))
+
+
+def _prediction_grid(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
+    from gpfuse.tasks.overlays import save_prediction_grid
+
+    return [save_prediction_grid(model, data._dataset(f"test_{name}"), run_dir / f"predictions_{name}.png")
+            for name in data.test_names]
+
+
+def _predict_masks(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, out: Path) -> Path:
+    """Masks, overlays and ``predictions.csv`` in the folder ``out``."""
+    from gpfuse.tasks.overlays import write_predictions
+
+    probabilities = [p for batch in trainer.predict(task, datamodule=data) for p in batch]
+    return write_predictions(probabilities, data.items["predict"], out, task.hparams.threshold)
+
+
 TASK_KINDS: dict[str, TaskKind] = {
     "regression": TaskKind(_sentiment_data, lambda dm: {"input_dims": dm.input_dims}, _regression_task,
                            _no_figures, _predict_scores),
     "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task, _rank_list,
                           _predict_ranks),
+    "segmentation": TaskKind(_seg_data, lambda dm: {}, _segmentation_task, _prediction_grid, _predict_masks),
 }

@@ -8,7 +8,6 @@ a temporary file and a rename.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
@@ -26,7 +25,7 @@ from gpfuse.models import create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
 from gpfuse.tasks.kinds import TASK_KINDS
 from gpfuse.tasks.plots import plot_run
-from gpfuse.utils.files import atomic_path, atomic_write_text
+from gpfuse.utils.files import atomic_write_text
 
 __all__ = ["run_dir_for", "train", "train_seeds", "evaluate", "predict", "summarise", "summarise_folder",
            "load_run_config"]
@@ -106,7 +105,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     last = _check_resumable(run_dir, config, resume)
     L.seed_everything(config.train.seed, workers=True)
     kind = TASK_KINDS[config.task]
-    data = kind.data(config, None, False)
+    data = kind.data(config, None, None)
     data.setup()
     model = create_model(config.model["name"], **kind.model_inputs(data), **config.model_options())
     task = kind.task(config, model)
@@ -188,12 +187,10 @@ def summarise_folder(root: str | Path) -> dict[str, Any]:
 
 def _load(run_dir: Path, data_root: str | None = None) -> tuple[RunConfig, L.LightningDataModule, torch.nn.Module]:
     config = load_run_config(run_dir)
-    if data_root is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(update={"root": data_root})})
     stats_path = run_dir / "data_stats.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else None
     kind = TASK_KINDS[config.task]
-    data = kind.data(config, stats or None, data_root is not None)
+    data = kind.data(config, stats or None, data_root)
     model = load_pretrained(run_dir / "model", expected_name=config.model["name"])
     saved = model.gpfuse_config["options"]
     differ = sorted(k for k, v in config.model_options().items() if saved.get(k) != v)
@@ -227,12 +224,11 @@ def evaluate(run_dir: str | Path) -> dict[str, Any]:
 
 
 def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path:
-    """Apply a run's saved model to the data under ``data_root`` (same layout as the run's data) and write a
-    CSV: sentiment runs score every utterance (``id,split,score,label``); re-identification runs rank the
-    gallery for every test query (``query,rank,gallery,distance,same_id``, top 10)."""
+    """Apply a run's saved model to the data under ``data_root`` and write ``out``: sentiment runs score every
+    utterance (CSV ``id,split,score,label``), re-identification runs rank the gallery for every test query
+    (CSV ``query,rank,gallery,distance,same_id``, top 10), both on data in the run's layout; segmentation
+    runs write masks, overlays and ``predictions.csv`` for a folder of images into the folder ``out``."""
     run_dir = Path(run_dir)
     config, data, model = _load(run_dir, str(data_root))
     kind = TASK_KINDS[config.task]
-    with atomic_path(out) as tmp, tmp.open("w", newline="") as f:
-        kind.predict(_trainer(config), kind.task(config, model), data, csv.writer(f))
-    return Path(out)
+    return kind.predict(_trainer(config), kind.task(config, model), data, Path(out))

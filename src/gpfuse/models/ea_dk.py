@@ -1,0 +1,128 @@
+"""EA-DK: Encoder Attention and Dynamic Kernel update for polyp segmentation (arXiv 2509.23502, Fig. 1).
+
+Top to bottom: an image encoder with five stages (Res2Net-50 in the paper; any gpfuse image encoder) ->
+Unified Channel Adaptation (UCA: 1x1 conv to 32 channels, BN, ReLU) of every stage -> Encoder Attention
+(EA): self-attention over the five pooled stage tokens, averaged into a global context G -> Dynamic Kernel
+(DK): an MLP turns G into a 1x1 segmentation kernel, whose first prediction reads the deepest features ->
+four decoder stages, deep to shallow: upsample, fuse with the stage's UCA skip, pool the features under
+the previous prediction into a region descriptor, update the kernel with LDNet's gated updater
+(``fusion/kernel.py``), predict again. Every stage's prediction is returned for deep supervision.
+
+Where the paper is silent, gpfuse chooses (following LDNet, the design EA-DK builds on): EA is one pre-LN
+Transformer layer (4 heads, FFN 2x) with a learned embedding per stage; the DK MLP is C -> 2C -> C + 1
+(kernel weights and a bias; the bias is kept through the updates, whose ReLU'd kernels LDNet uses without
+one); a decoder stage is two 3x3 conv-BN-ReLU blocks on [upsampled; skip] and a plain 1x1 conv giving the
+signed features the kernel reads (LDNet's "unify"); the region descriptor is the feature mean weighted by
+the sigmoid of the upsampled previous prediction (K-Net's normalised form; LDNet sums).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from gpfuse.encoders.image import get_image_encoder
+from gpfuse.fusion import build_fusion
+from gpfuse.models.outputs import SegmentationOutput
+
+__all__ = ["EADK", "EncoderAttention"]
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class EncoderAttention(nn.Module):
+    """EA: the five UCA stage maps, each average-pooled to a C-d token plus a learned stage embedding, pass
+    one self-attention layer; their mean is the global context G.
+
+    Shapes: list of 5 maps (B, C, h_i, w_i) -> G (B, C) and the attention weights (B, 5, 5).
+    """
+
+    def __init__(self, dim: int, num_stages: int = 5, num_heads: int = 4) -> None:
+        super().__init__()
+        self.stage_embedding = nn.Parameter(torch.zeros(num_stages, dim))
+        self.norm_attn = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        nn.init.trunc_normal_(self.stage_embedding, std=0.02)
+
+    def forward(self, stages: list[Tensor]) -> tuple[Tensor, Tensor]:
+        tokens = torch.stack([s.mean(dim=(-2, -1)) for s in stages], dim=1) + self.stage_embedding
+        h = self.norm_attn(tokens)
+        attended, weights = self.attn(h, h, h, need_weights=True)
+        tokens = tokens + attended
+        tokens = tokens + self.ffn(self.norm_ffn(tokens))
+        return tokens.mean(dim=1), weights
+
+
+class DecoderStage(nn.Module):
+    """Upsample the deeper decoder features to the skip's size, concatenate the UCA skip, two 3x3 conv-BN-ReLU
+    blocks; a plain 1x1 conv then gives the signed features (B, C, h, w) the kernel reads."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fuse = nn.Sequential(_conv_bn_relu(2 * dim, dim, 3), _conv_bn_relu(dim, dim, 3))
+        self.unify = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, deeper: Tensor, skip: Tensor) -> tuple[Tensor, Tensor]:
+        deeper = F.interpolate(deeper, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        features = self.fuse(torch.cat([deeper, skip], dim=1))
+        return features, self.unify(features)
+
+
+def apply_kernel(features: Tensor, kernel: Tensor, bias: Tensor) -> Tensor:
+    """A per-sample 1x1 kernel: (B, C, h, w), (B, C), (B,) -> logits (B, 1, h, w)."""
+    return torch.einsum("bchw,bc->bhw", features, kernel).unsqueeze(1) + bias.view(-1, 1, 1, 1)
+
+
+def region_descriptor(features: Tensor, logits: Tensor) -> Tensor:
+    """Features (B, C, h, w) averaged under sigmoid(previous logits, resized to h x w) -> (B, C)."""
+    weight = torch.sigmoid(F.interpolate(logits, size=features.shape[-2:], mode="bilinear", align_corners=False))
+    return (features * weight).sum(dim=(-2, -1)) / weight.sum(dim=(-2, -1)).clamp_min(1e-6)
+
+
+class EADK(nn.Module):
+    """EA-DK.
+
+    Args:
+        encoder: image encoder name (``"efficientnet_lite0"`` offline default with ImageNet weights,
+            ``"res2net50_v1b_26w_4s"`` the paper's, ``"resnet50"``). encoder_weights: ``"imagenet"`` (shipped
+            weights where they exist), a local weights file, or None (random init, logged).
+        channels: UCA width C (32 in the paper). attention_heads: EA heads. in_channels: image channels.
+
+    Input: ``batch["image"]`` (B, in_channels, H, W), any H, W. Output: :class:`SegmentationOutput` with
+    ``logits`` (B, 1, H, W) and ``stages`` deep to shallow (strides 32, 16, 8, 4, 2).
+    """
+
+    def __init__(self, encoder: str = "efficientnet_lite0", encoder_weights: str | None = "imagenet",
+                 channels: int = 32, attention_heads: int = 4, in_channels: int = 3) -> None:
+        super().__init__()
+        self.encoder = get_image_encoder(encoder, weights=encoder_weights, in_channels=in_channels)
+        self.encoder.drop_head()
+        self.uca = nn.ModuleList([_conv_bn_relu(c, channels, 1) for c in self.encoder.out_channels[1:]])
+        self.encoder_attention = EncoderAttention(channels, len(self.uca), attention_heads)
+        self.dynamic_kernel = nn.Sequential(nn.Linear(channels, 2 * channels), nn.ReLU(inplace=True),
+                                            nn.Linear(2 * channels, channels + 1))
+        self.deepest = _conv_bn_relu(channels, channels, 3)
+        self.deepest_unify = nn.Conv2d(channels, channels, 1)
+        self.decoder = nn.ModuleList([DecoderStage(channels) for _ in range(len(self.uca) - 1)])
+        self.kernel_updates = nn.ModuleList([build_fusion("kernel_update", dim=channels) for _ in self.decoder])
+
+    def forward(self, batch: dict[str, Tensor]) -> SegmentationOutput:
+        image = batch["image"]
+        stages = [uca(f) for uca, f in zip(self.uca, self.encoder(image)[1:])]  # strides 2 .. 32
+        context, attention = self.encoder_attention(stages)
+        kernel, bias = self.dynamic_kernel(context).split([stages[0].shape[1], 1], dim=-1)
+        features = self.deepest(stages[-1])
+        logits = [apply_kernel(self.deepest_unify(features), kernel, bias)]
+        gates = []
+        for stage, update, skip in zip(self.decoder, self.kernel_updates, reversed(stages[:-1])):
+            features, unified = stage(features, skip)
+            kernel, gate = update(kernel, region_descriptor(unified, logits[-1]), return_gate=True)
+            logits.append(apply_kernel(unified, kernel, bias))
+            gates.append(gate)
+        full = F.interpolate(logits[-1], size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return SegmentationOutput(full, logits, gates, attention)

@@ -1,0 +1,87 @@
+"""EA-DK runs end to end on generated polyp folders: train with a grouped split, both metric conventions per
+test set, eval, predict (masks + overlays), resume, config errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpfuse.config import ConfigError, validate_config
+from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
+from gpfuse.metrics.seg2d import PAPER_METRICS, TOOLBOX_METRICS
+from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("polyp")
+    return (write_synthetic_polyp_folder(root / "train", n_images=20, size=40, per_sequence=4, seed=0),
+            write_synthetic_polyp_folder(root / "other", n_images=6, size=48, seed=1))
+
+
+def _config(tmp_path, train_folder, **data):
+    return validate_config({
+        "name": "tiny_ea_dk", "output_dir": str(tmp_path / "runs"),
+        "data": {"source": "polyp_folders", "train": [str(train_folder)], "image_size": 32, "batch_size": 4,
+                 "eval_batch_size": 4, **data},
+        "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
+        "train": {"max_epochs": 2, "accelerator": "cpu", "optimizer": "sgd", "lr": 0.01, "schedule": "poly",
+                  "monitor": "valid/Dice", "monitor_mode": "max"},
+    }, "test")
+
+
+@pytest.mark.slow
+def test_grouped_split_run_evaluates_predicts_and_resumes(tmp_path, folders):
+    train_folder, other = folders
+    cfg = _config(tmp_path, train_folder, split="group", test_fraction=0.25, val_fraction=0.34,
+                  test={"other": str(other)})
+    metrics = train(cfg)
+    for name in ("other", "held_out"):
+        for key in (*PAPER_METRICS, *TOOLBOX_METRICS):
+            assert f"{name}/{key}" in metrics["test"]
+    assert 0.0 <= metrics["test"]["held_out/Dice"] <= 1.0 and set(metrics["valid"]) == {*PAPER_METRICS, *TOOLBOX_METRICS}
+    run = run_dir_for(cfg)
+    groups = {name: {line.split("\t")[2] for line in (run / "splits" / f"{name}.txt").read_text().splitlines()[1:]}
+              for name in ("train", "valid", "test_held_out")}
+    assert groups["train"].isdisjoint(groups["valid"]) and groups["train"].isdisjoint(groups["test_held_out"])
+    assert (run / "predictions_other.png").is_file() and (run / "model" / "model.safetensors").is_file()
+    assert json.loads((run / "data_stats.json").read_text())["images"]["test_other"] == 6
+    again = evaluate(run)
+    assert again["test"]["other/mDice"] == pytest.approx(metrics["test"]["other/mDice"], abs=1e-6)
+    out = predict(run, other / "images", tmp_path / "pred")
+    assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{i:03d}.png" for i in range(1, 7)]
+    mask = np.asarray(Image.open(out / "masks" / "001.png"))
+    assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}  # the image's own size, 0/255
+    assert (out / "overlays" / "001.png").is_file()
+    rows = (out / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "name,height,width,foreground_fraction,dice" and rows[1].endswith(",")  # no masks given
+    with_masks = predict(run, other, tmp_path / "pred_masks")  # a folder with masks/: Dice per image
+    assert all(r.split(",")[4] != "" for r in (with_masks / "predictions.csv").read_text().splitlines()[1:])
+    resumed = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 3})}), resume=True)
+    assert resumed["epochs_run"] == 3
+
+
+@pytest.mark.slow
+def test_paper_random_split_and_bad_files_through_a_run(tmp_path, folders):
+    train_folder = shutil.copytree(folders[0], tmp_path / "copy")
+    (train_folder / "masks" / "004.png").unlink()  # an image without its mask
+    cfg = _config(tmp_path, train_folder, split="random")
+    with pytest.raises(ValueError, match=r"(?s)train: 1 unusable.*004.jpg: image without a mask"):
+        train(cfg)
+    cfg = _config(tmp_path, train_folder, split="random", on_bad_file="skip")
+    metrics = train(cfg.model_copy(update={"name": "skipping"}))
+    stats = json.loads((run_dir_for(cfg.model_copy(update={"name": "skipping"})) / "data_stats.json").read_text())
+    assert stats["checks"]["train"]["skipped"] == 1
+    assert stats["images"]["test_held_out"] == 4 and sum(stats["images"].values()) == 19  # 80/20 of 19
+    assert "held_out/Dice" in metrics["test"]
+
+
+def test_config_errors_name_the_key(tmp_path, folders):
+    with pytest.raises(ConfigError, match="data.split"):
+        _config(tmp_path, folders[0], split="sometimes")
+    with pytest.raises(ConfigError, match="model.channel"):
+        validate_config({"name": "x", "data": {"source": "polyp_folders", "train": ["a"]},
+                         "model": {"name": "ea_dk", "channel": 32}}, "test")
