@@ -15,8 +15,11 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
-DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml", "configs/ea_dk_demo.yaml")
+DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml", "configs/ea_dk_demo.yaml",
+                "configs/pgf_net_demo.yaml")
 SEG_ENCODERS = ("efficientnet_lite0", "res2net50_v1b_26w_4s", "resnet50")
+PAPER_SIZES = {"pgf_net": "3.09M trainable parameters with BERT-base (110M frozen); see README for why ours differ",
+               "gpf_net": "51.3M parameters, 71.5 GFLOPs (ResNet-50 + ALBERT-base); see README"}
 
 
 def _seeds(text: Optional[str], default: int) -> list[int]:
@@ -175,6 +178,12 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
             net = create_model(name, num_classes=num_classes, **options)
             batch = image_text_batch(1, image_size, net.pos.pe.shape[0] - 1)
             shape = f"1 image {image_size}x{image_size} + {batch['text_ids'].shape[1]} report tokens"
+        elif name == "pgf_net":
+            dims.pop("text", None)
+            net = create_model(name, input_dims=dims, **options)
+            batch = {**synthetic_batch(dims, batch_size, seq_len), **image_text_batch(batch_size, 1, seq_len)}
+            batch.pop("image")
+            shape = f"batch {batch_size} x {seq_len} text tokens and audio/visual steps"
         else:
             net = create_model(name, input_dims=dims, **options)
             batch, shape = synthetic_batch(dims, batch_size, seq_len), f"batch {batch_size} x {seq_len} steps"
@@ -184,6 +193,8 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
     console.print(f"{name}, {shape}:")
     for k, v in figures.items():
         console.print(f"  {k:22s} {v:,.3f}" if isinstance(v, float) else f"  {k:22s} {v:,}")
+    if name in PAPER_SIZES:
+        console.print(f"  paper: {PAPER_SIZES[name]}")
 
 
 @app.command()

@@ -31,6 +31,8 @@ class SplitFeatures:
         features: modality name -> (N, L_m, D_m) float32 sequences, zero-padded.
         masks: modality name -> (N, L_m) bool, True where a time step is real (not padding).
         texts: (N,) str raw text when the layout has it, else None.
+        token_ids: (N, L) int64 text token ids when a model reads tokens (its mask is ``masks["text"]``),
+            else None.
     """
 
     ids: np.ndarray
@@ -38,6 +40,7 @@ class SplitFeatures:
     features: dict[str, np.ndarray] = field(default_factory=dict)
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     texts: np.ndarray | None = None
+    token_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -52,6 +55,8 @@ class SplitFeatures:
                 raise ValueError(f"mask of {name!r} must have shape {x.shape[:2]}, got {got}")
         if self.texts is not None and len(self.texts) != n:
             raise ValueError(f"texts has {len(self.texts)} rows but ids has {n}")
+        if self.token_ids is not None and self.token_ids.shape != self.masks.get("text", np.empty(0)).shape:
+            raise ValueError(f"token_ids {self.token_ids.shape} need a text mask of the same shape")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,6 +69,7 @@ class SplitFeatures:
             features={k: v[index] for k, v in self.features.items()},
             masks={k: v[index] for k, v in self.masks.items()},
             texts=None if self.texts is None else self.texts[index],
+            token_ids=None if self.token_ids is None else self.token_ids[index],
         )
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["default_text_model_path", "resolve_text_model", "tokenize", "TextEncoder", "encode_texts"]
+__all__ = ["default_text_model_path", "resolve_text_model", "tokenize", "TextEncoder", "encode_texts",
+           "load_text_backbone"]
 
 
 def default_text_model_path() -> Path:
@@ -33,14 +34,37 @@ def resolve_text_model(name_or_path: str) -> Path:
     return path
 
 
-def tokenize(texts: Sequence[str], model: str = "minilm", max_len: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def load_text_backbone(name_or_path: str) -> tuple[nn.Module, nn.ModuleList]:
+    """A local BERT-family encoder and its list of layers (``encoder.layer``), for models that work inside it.
+
+    Raises FileNotFoundError for a folder without a Hugging Face model, and ValueError naming the folder and
+    its ``model_type`` when the model has no ``encoder.layer`` stack (GPT-style decoders, ALBERT's shared
+    layer groups, DistilBERT's ``transformer.layer``).
+    """
+    from transformers import AutoModel
+
+    path = resolve_text_model(name_or_path)
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList) or not len(layers):
+        raise ValueError(f"text backbone {path}: a {model.config.model_type!r} model has no encoder.layer stack; "
+                         "a BERT-family encoder is needed (bert, roberta, electra, deberta, MiniLM)")
+    return model, layers
+
+
+def tokenize(texts: Sequence[str], model: str = "minilm", max_len: int = 64, return_lengths: bool = False):
     """Token ids (N, max_len) int64 padded with the tokenizer's own pad id, and the attention mask (N, max_len)
-    bool, truncating at ``max_len`` ([CLS] and [SEP] included)."""
+    bool, truncating at ``max_len`` ([CLS] and [SEP] included); with ``return_lengths`` also each text's
+    untruncated token count (N,), so truncation can be counted."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_model(model), local_files_only=True)
     batch = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="np")
-    return batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(bool)
+    ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(bool)
+    if not return_lengths:
+        return ids, mask
+    lengths = np.array([len(x) for x in tokenizer(list(texts), truncation=False)["input_ids"]], dtype=np.int64)
+    return ids, mask, lengths
 
 
 class TextEncoder(nn.Module):

@@ -15,6 +15,7 @@ from gpfuse.fusion.baselines import ConcatFusion, FixedGateFusion, SumFusion
 from gpfuse.fusion.gpf import GatedProgressiveLayer, gated_progressive_stack
 from gpfuse.fusion.gates import GatedArbitration, GatedFusionUnit, ImageConditionedGate
 from gpfuse.fusion.kernel import GatedKernelUpdate
+from gpfuse.fusion.pgf import BottleneckAdapter, GatedCrossModalBlock
 from gpfuse.fusion.pooling import masked_mean
 from gpfuse.fusion.stacks import AllPairsCrossAttention, GRFBlock, ProgressiveFusion, RecursiveFusion, RecursiveFusionOutput
 
@@ -23,7 +24,7 @@ __all__ = [
     "ConcatFusion", "SumFusion", "FixedGateFusion",
     "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration", "GatedKernelUpdate",
     "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention",
-    "GatedProgressiveLayer", "gated_progressive_stack", "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
+    "GatedProgressiveLayer", "gated_progressive_stack", "GatedCrossModalBlock", "BottleneckAdapter", "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
 ]
 
 #: Interchangeable two-input fusions ``fuse(a, b, return_gate=False)``, all built from ``dim``.
@@ -72,6 +73,7 @@ FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "gpf_layer": GatedProgressiveLayer,
     "gpf_progressive": gated_progressive_stack,
     "kernel_update": GatedKernelUpdate,
+    "pgf_block": GatedCrossModalBlock,
 }
 
 

@@ -65,12 +65,18 @@ class GatedArbitration(nn.Module):
     """PGF-Net's adaptive gated arbitration (Sec. 3): ``g = sigmoid(W [H_a; H_b])``,
     ``H = g * H_a + (1 - g) * H_b``, one gate value per dimension and token.
 
+    Args:
+        dim: size D of both inputs.
+        init_bias: initial bias of ``W``; a positive value starts the gate near 1 (``h_a`` kept), so a block
+            inserted into a pretrained network starts close to the identity.
+
     Shapes: ``h_a`` (B, L, D) (e.g. text states), ``h_b`` (B, L, D) (e.g. cross-attended) -> (B, L, D).
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, init_bias: float = 0.0) -> None:
         super().__init__()
         self.w = nn.Linear(2 * dim, dim)
+        nn.init.constant_(self.w.bias, init_bias)
 
     def forward(self, h_a: Tensor, h_b: Tensor, return_gate: bool = False):
         h_a, h_b = torch.broadcast_tensors(h_a, h_b)

@@ -9,9 +9,10 @@ from gpfuse.models.ea_dk import EADK
 from gpfuse.models.gpf_net import GPFNet, GPFNetOutput
 from gpfuse.models.grf import GRF, UnimodalRegressor
 from gpfuse.models.io import load_pretrained, save_pretrained
+from gpfuse.models.pgf_net import PGFNet
 from gpfuse.models.outputs import RegressionOutput, SegmentationOutput
 
-__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "EADK", "RegressionOutput", "SegmentationOutput", "save_pretrained",
+__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "EADK", "PGFNet", "RegressionOutput", "SegmentationOutput", "save_pretrained",
            "load_pretrained"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -19,6 +20,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "unimodal": UnimodalRegressor,
     "gpf_net": GPFNet,
     "ea_dk": EADK,
+    "pgf_net": PGFNet,
 }
 
 

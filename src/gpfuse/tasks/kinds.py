@@ -41,8 +41,12 @@ def _sentiment_data(config: RunConfig, stats: Any, predict_root: str | None) -> 
     from gpfuse.data.features import SPLITS
     from gpfuse.tasks.sentiment_data import SentimentDataModule
 
+    from gpfuse.models import MODELS
+
     config = _at_root(config, predict_root)
-    return SentimentDataModule(config.data, stats=stats, required_splits=() if predict_root else SPLITS)
+    reads_tokens = getattr(MODELS[config.model["name"]], "text_input", "states") == "tokens"
+    return SentimentDataModule(config.data, stats=stats, required_splits=() if predict_root else SPLITS,
+                               tokenizer=config.model.get("backbone", "minilm") if reads_tokens else None)
 
 
 def _regression_task(config: RunConfig, model: nn.Module) -> L.LightningModule:

@@ -19,7 +19,7 @@ from gpfuse.config import SentimentDataConfig
 from gpfuse.data.features import SPLITS, SplitFeatures, load_features_npz
 from gpfuse.data.mosi import load_mosi_folder
 from gpfuse.data.synthetic import write_synthetic_mosi
-from gpfuse.encoders.text import encode_texts, resolve_text_model
+from gpfuse.encoders.text import encode_texts, resolve_text_model, tokenize
 from gpfuse.utils.files import atomic_path, atomic_write_text
 
 __all__ = ["SentimentDataModule", "FeatureDataset", "default_cache_dir"]
@@ -32,11 +32,15 @@ def default_cache_dir() -> Path:
 
 
 class FeatureDataset(Dataset):
-    """Items ``{m: (L, D) float, f"{m}_mask": (L,) bool, "label": () float, "index": () long}``."""
+    """Items ``{m: (L, D) float, f"{m}_mask": (L,) bool, "label": () float, "index": () long}``; text read as
+    tokens comes as ``"text_ids"`` (L,) long with ``"text_mask"``."""
 
     def __init__(self, split: SplitFeatures, modalities: list[str]) -> None:
         self.split = split
-        self.features = {m: torch.from_numpy(np.ascontiguousarray(split.features[m])) for m in modalities}
+        tokens = split.token_ids is not None
+        self.features = {("text_ids" if m == "text" and tokens else m):
+                         torch.from_numpy(np.ascontiguousarray(split.token_ids if m == "text" and tokens else split.features[m]))
+                         for m in modalities}
         self.masks = {m: torch.from_numpy(split.masks[m]) for m in modalities}
         self.labels = torch.from_numpy(split.labels.astype(np.float32))
 
@@ -52,15 +56,19 @@ class FeatureDataset(Dataset):
 
 class SentimentDataModule(L.LightningDataModule):
     """Reads ``config`` once in :meth:`setup`: text token states come from the frozen text encoder (cached
-    per text set), sequences are checked against ``max_len`` and cropped to it, and non-text features
-    are standardised with train statistics over real steps (kept in :attr:`stats` for prediction)."""
+    per text set), or, with ``tokenizer`` (a model that runs its own text backbone, e.g. PGF-Net), token ids
+    of that backbone's tokenizer, truncated at ``max_len.text`` with the truncations counted and logged;
+    sequences are checked against ``max_len`` and cropped to it, and non-text features are standardised with
+    train statistics over real steps (kept in :attr:`stats` for prediction)."""
 
     def __init__(self, config: SentimentDataConfig, stats: dict[str, dict[str, list[float]]] | None = None,
-                 required_splits: tuple[str, ...] = SPLITS) -> None:
+                 required_splits: tuple[str, ...] = SPLITS, tokenizer: str | None = None) -> None:
         super().__init__()
         self.config = config
         self.required_splits = required_splits
         self.stats = stats
+        self.tokenizer = tokenizer
+        self.truncated: dict[str, list[str]] = {}
         self.splits: dict[str, SplitFeatures] = {}
 
     # ---- reading ----------------------------------------------------------------------------------
@@ -97,13 +105,30 @@ class SentimentDataModule(L.LightningDataModule):
             np.savez(f, states=states, mask=mask)
         return states, mask
 
+    def _tokens(self, name: str, split: SplitFeatures) -> None:
+        limit = self.config.max_len.get("text", 50)
+        ids, mask, lengths = tokenize(split.texts.tolist(), self.tokenizer, limit, return_lengths=True)
+        self.truncated[name] = split.ids[lengths > limit].tolist()
+        if self.truncated[name]:
+            worst = int(lengths.argmax())
+            log.warning("%s: %d of %d %s transcripts are longer than data.max_len.text=%d tokens and were truncated "
+                        "(longest: %s, %d tokens)", self.config.root, len(self.truncated[name]), len(split), name,
+                        limit, split.ids[worst], lengths[worst])
+        split.token_ids, split.masks["text"] = ids, mask
+
     def _add_text(self, splits: dict[str, SplitFeatures]) -> None:
         for name, split in splits.items():
-            if "text" in split.features:
+            if self.tokenizer is not None:
+                if split.texts is None:
+                    raise ValueError(f"split {name!r} of {self.config.root} has no raw text to tokenise for the "
+                                     f"model's own text backbone")
+                self._tokens(name, split)
+            elif "text" in split.features:
                 continue
-            if split.texts is None:
+            elif split.texts is None:
                 raise ValueError(f"split {name!r} has neither text features nor raw text")
-            split.features["text"], split.masks["text"] = self._text_states(split.texts)
+            else:
+                split.features["text"], split.masks["text"] = self._text_states(split.texts)
 
     # ---- checks and normalisation -----------------------------------------------------------------
     def _check_splits(self, splits: dict[str, SplitFeatures]) -> None:
@@ -114,6 +139,8 @@ class SentimentDataModule(L.LightningDataModule):
     def _check_and_crop(self, splits: dict[str, SplitFeatures]) -> None:
         for name, split in splits.items():
             for m in self.config.modalities:
+                if m == "text" and split.token_ids is not None:
+                    continue  # token ids: truncated by the tokenizer, counted in _tokens
                 if m not in split.features:
                     raise KeyError(f"modality {m!r} not in split {name!r} of {self.config.root}; "
                                    f"found {sorted(split.features)}")
@@ -161,7 +188,7 @@ class SentimentDataModule(L.LightningDataModule):
     @property
     def input_dims(self) -> dict[str, int]:
         split = next(iter(self.splits.values()))
-        return {m: int(split.features[m].shape[-1]) for m in self.config.modalities}
+        return {m: int(split.features[m].shape[-1]) for m in self.config.modalities if m in split.features}
 
     def save_split_lists(self, folder: Path) -> None:
         for name, split in self.splits.items():
@@ -169,6 +196,10 @@ class SentimentDataModule(L.LightningDataModule):
 
     def save_stats(self, path: Path) -> None:
         atomic_write_text(path, json.dumps(self.stats or {}))
+        if self.tokenizer is not None:
+            report = {"tokenizer": self.tokenizer, "max_len": self.config.max_len.get("text", 50),
+                      "truncated": {k: len(v) for k, v in self.truncated.items()}, "truncated_ids": self.truncated}
+            atomic_write_text(path.with_name("text_tokens.json"), json.dumps(report, indent=2))
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         dataset = FeatureDataset(self.splits[split], self.config.modalities)
