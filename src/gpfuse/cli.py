@@ -16,7 +16,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
 DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml", "configs/ea_dk_demo.yaml",
-                "configs/pgf_net_demo.yaml")
+                "configs/pgf_net_demo.yaml", "configs/bipvl_seg_demo.yaml")
 SEG_ENCODERS = ("efficientnet_lite0", "res2net50_v1b_26w_4s", "resnet50")
 PAPER_SIZES = {"pgf_net": "3.09M trainable parameters with BERT-base (110M frozen); see README for why ours differ",
                "gpf_net": "51.3M parameters, 71.5 GFLOPs (ResNet-50 + ALBERT-base); see README"}
@@ -165,6 +165,18 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
                 dims = {m: dims[m] for m in cfg.data.modalities}
         else:
             name, options = model, {}
+        if name == "bipvl_seg":
+            side = image_size or 96
+            prompts = [["A medical image of the background."] + [f"concept {k} of the background." for k in range(5)],
+                       ["A medical image of the organ."] + [f"concept {k} of the organ." for k in range(5)]]
+            for label, switches in (("full", {}), ("vision-only", {"text": False, "alignment": False})):
+                net = create_model(name, num_classes=2, class_texts=prompts, **{**options, **switches})
+                figures = profile_model(net, {"image": torch.randn(1, net.vision.swinViT.patch_embed.proj.in_channels, side, side,
+                                                                   side)}, repeats=1)
+                console.print(f"bipvl_seg {label}, 1 patch {side}^3: {figures['parameters']:,} parameters "
+                              f"({figures['trainable']:,} trainable), {figures['gflops']:.1f} GFLOPs, "
+                              f"{figures['forward_ms']:.0f} ms forward on CPU")
+            return
         if name == "ea_dk":
             side = image_size or 352
             for encoder in ([options["encoder"]] if "encoder" in options else SEG_ENCODERS):
@@ -225,6 +237,8 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
         cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
         if cfg.data.source == "polyp_folders":
             cfg = _synthetic_polyps_if_missing(cfg, Path(cfg.output_dir) / "demo_data" / "polyp")
+        if cfg.data.source == "decathlon":
+            cfg = _synthetic_volumes_if_missing(cfg, Path(cfg.output_dir) / "demo_data" / "decathlon")
         root = Path(cfg.data.root if hasattr(cfg.data, "root") else cfg.data.train[0])
         if cfg.data.source == "mosi" and not (root / "labels.csv").is_file():
             console.print(f"[yellow]CMU-MOSI not found at {root}: the demo uses SYNTHETIC data in the same layout[/]")
@@ -238,6 +252,18 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
                              {k: metrics[k] for k in ("valid", "test")}))
         console.print(f"parameters: {metrics['parameters']}")
         console.print(f"run folder: {run_dir_for(cfg)}")
+
+
+def _synthetic_volumes_if_missing(cfg, folder: Path):
+    """The demo config, with a generated Decathlon folder (and its class descriptions) in place of absent data."""
+    if (Path(cfg.data.root) / "dataset.json").is_file():
+        return cfg
+    from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
+
+    console.print(f"[yellow]MSD Hippocampus not found: the demo uses SYNTHETIC volumes in {folder}[/]")
+    root = write_synthetic_decathlon(folder, n_cases=10, shape=(32, 64, 32), num_classes=3)
+    data = cfg.data.model_copy(update={"root": str(root), "descriptions": str(root / "descriptions.csv")})
+    return cfg.model_copy(update={"data": data})
 
 
 def _synthetic_polyps_if_missing(cfg, folder: Path):

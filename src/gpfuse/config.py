@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gpfuse.models import MODELS
 
-__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "SegDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "SegDataConfig", "VolumeDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
 
 
 class ConfigError(ValueError):
@@ -99,8 +99,38 @@ class SegDataConfig(_Strict):
     nonbinary_mask: Literal["binarize", "raise", "skip"] = "binarize"
 
 
-DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig, SegDataConfig], Field(discriminator="source")]
-TASK_OF_DATA = {SentimentDataConfig: "regression", ReIDDataConfig: "retrieval", SegDataConfig: "segmentation"}
+class VolumeDataConfig(_Strict):
+    """Decathlon-layout volumes (``dataset.json`` + NIfTI) with a class-description CSV, for 3D segmentation.
+
+    ``val_cases`` (model selection) and ``test_cases`` (reported once) are carved from the training list with
+    the run's seed and written to the run folder; with ``test_cases: 0`` the test loader is the validation set.
+    """
+
+    source: Literal["decathlon"]
+    root: str
+    descriptions: str = Field(description="class-description CSV, or a shipped one: amos22, msd_brain, msd_hippocampus")
+    val_cases: int = Field(20, ge=1)
+    test_cases: int = Field(0, ge=0)
+    subset: int | None = Field(None, ge=1, description="train on at most this many cases (seeded): CPU budgets")
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    pixdim: tuple[float, float, float] | None = None
+    intensity: Literal["ct", "mr"] = "mr"
+    ct_window: tuple[float, float] = (-175.0, 250.0)
+    crop_foreground: bool = True
+    samples_per_volume: int = Field(2, ge=1)
+    batch_size: int = Field(1, ge=1)
+    sw_batch_size: int = Field(4, ge=1)
+    overlap_val: float = Field(0.5, ge=0, lt=1)
+    overlap_test: float = Field(0.75, ge=0, lt=1)
+    cache_rate: float = Field(1.0, ge=0, le=1)
+    num_workers: int = Field(0, ge=0)
+    on_bad_file: Literal["raise", "skip"] = "raise"
+
+
+DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig, SegDataConfig, VolumeDataConfig],
+                       Field(discriminator="source")]
+TASK_OF_DATA = {SentimentDataConfig: "regression", ReIDDataConfig: "retrieval", SegDataConfig: "segmentation",
+                VolumeDataConfig: "segmentation3d"}
 
 
 class TrainConfig(_Strict):
@@ -119,6 +149,8 @@ class TrainConfig(_Strict):
     schedule: Literal["warmup_cosine", "poly"] = Field("warmup_cosine", description="segmentation: per step")
     poly_power: float = Field(0.9, gt=0)
     threshold: float = Field(0.5, gt=0, lt=1, description="segmentation: probability threshold (paper metrics)")
+    temperature: float = Field(0.2, gt=0, description="segmentation3d: InfoNCE temperature")
+    hard_negatives: int = Field(3, ge=1, description="segmentation3d: hard negatives per concept pair")
     loss: Literal["l1", "mse"] = "l1"
     aux_weight: float = Field(0.4, ge=0)
     margin: float = Field(0.3, ge=0, description="retrieval: triplet margin")
@@ -143,7 +175,8 @@ class RunConfig(_Strict):
 
     @property
     def task(self) -> str:
-        """``regression`` (sentiment data), ``retrieval`` (re-identification) or ``segmentation`` (image/mask)."""
+        """``regression`` (sentiment), ``retrieval`` (re-identification), ``segmentation`` (image/mask folders) or
+        ``segmentation3d`` (Decathlon volumes)."""
         return TASK_OF_DATA[type(self.data)]
 
     def model_options(self) -> dict[str, Any]:
@@ -152,7 +185,7 @@ class RunConfig(_Strict):
 
 
 #: model arguments that come from the data at run time, never from a config
-RUNTIME_OPTIONS = ("input_dims", "num_classes")
+RUNTIME_OPTIONS = ("input_dims", "num_classes", "class_texts")
 
 
 def _options_schema(name: str) -> type[BaseModel]:
@@ -170,7 +203,7 @@ def _options_schema(name: str) -> type[BaseModel]:
 
 def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
-    tags = {"mosi", "pickle", "npz", "colo_pair", "market1501", "cuhk01", "polyp_folders"}  # union tags pydantic adds to the path
+    tags = {"mosi", "pickle", "npz", "colo_pair", "market1501", "cuhk01", "polyp_folders", "decathlon"}  # union tags pydantic adds to the path
     for e in err.errors():
         loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "data" and p in tags)]
         key = ".".join(str(p) for p in (prefix, *loc) if p != "")

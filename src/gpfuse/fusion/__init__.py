@@ -11,6 +11,7 @@ from typing import Any, Callable
 from torch import nn
 
 from gpfuse.fusion.attention import CrossAttention, SymmetricCrossAttention, TwoWayAttention
+from gpfuse.fusion.bifusion import BiFusionBlock
 from gpfuse.fusion.baselines import ConcatFusion, FixedGateFusion, SumFusion
 from gpfuse.fusion.gpf import GatedProgressiveLayer, gated_progressive_stack
 from gpfuse.fusion.gates import GatedArbitration, GatedFusionUnit, ImageConditionedGate
@@ -23,7 +24,7 @@ __all__ = [
     "BINARY_FUSIONS", "FUSIONS", "build_fusion",
     "ConcatFusion", "SumFusion", "FixedGateFusion",
     "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration", "GatedKernelUpdate",
-    "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention",
+    "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention", "BiFusionBlock",
     "GatedProgressiveLayer", "gated_progressive_stack", "GatedCrossModalBlock", "BottleneckAdapter", "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
 ]
 
@@ -74,6 +75,7 @@ FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "gpf_progressive": gated_progressive_stack,
     "kernel_update": GatedKernelUpdate,
     "pgf_block": GatedCrossModalBlock,
+    "bifusion": BiFusionBlock,
 }
 
 

@@ -6,10 +6,11 @@ changes the output at a real step.
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from gpfuse.fusion.pooling import key_padding_mask
 
-__all__ = ["CrossAttention", "SymmetricCrossAttention", "TwoWayAttention"]
+__all__ = ["CrossAttention", "SymmetricCrossAttention", "TwoWayAttention", "DownsampledAttention"]
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -72,25 +73,56 @@ class SymmetricCrossAttention(nn.Module):
         return a_new, b_new
 
 
+class DownsampledAttention(nn.Module):
+    """SAM's attention (Kirillov et al. 2023, ``Attention``): queries, keys and values are projected to
+    ``dim // downsample_rate`` channels, attended with ``num_heads`` heads, and projected back to ``dim``.
+
+    Shapes: ``q`` (B, Lq, D), ``k`` and ``v`` (B, Lk, D), ``key_mask`` (B, Lk) bool (True on real steps)
+    -> (B, Lq, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, downsample_rate: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        inner = dim // downsample_rate
+        if downsample_rate < 1 or inner % num_heads:
+            raise ValueError(f"dim // downsample_rate ({dim} // {downsample_rate}) must be divisible by num_heads "
+                             f"({num_heads})")
+        self.num_heads, self.dropout = num_heads, dropout
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner) for _ in range(3))
+        self.out_proj = nn.Linear(inner, dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)  # (B, heads, L, inner / heads)
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+        mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
+        out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
+                                             self._heads(self.v_proj(v)), attn_mask=mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
 class TwoWayAttention(nn.Module):
-    """BiPVL-Seg's two-way attention block (after SAM's): self-attention on ``a``, ``a -> b``
-    cross-attention, MLP on ``a``, ``b -> a`` cross-attention, MLP on ``b``; each a residual + LayerNorm.
+    """BiPVL-Seg's two-way attention block (after SAM's ``TwoWayAttentionBlock``): self-attention on ``a``,
+    ``a -> b`` cross-attention, MLP on ``a``, ``b -> a`` cross-attention, MLP on ``b``; each a residual +
+    LayerNorm. Cross-attentions work in ``dim // downsample_rate`` channels (SAM: 2). No positional encoding is
+    added to ``b`` (SAM adds the image's; BiPVL-Seg's volume tokens come from Swin stages).
 
     Shapes: ``a`` (B, La, D) (e.g. class-text tokens), ``b`` (B, Lb, D) (e.g. flattened volume
     features) -> (a', b') of the input shapes.
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, mlp_dim: int = 512, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int = 4, mlp_dim: int = 512, dropout: float = 0.0,
+                 downsample_rate: int = 1) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
-        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.a_reads_b = CrossAttention(dim, num_heads, dropout)
-        self.b_reads_a = CrossAttention(dim, num_heads, dropout)
+        self.self_attn = DownsampledAttention(dim, num_heads, 1, dropout)
+        self.a_reads_b = DownsampledAttention(dim, num_heads, downsample_rate, dropout)
+        self.b_reads_a = DownsampledAttention(dim, num_heads, downsample_rate, dropout)
         self.mlp_a = self._mlp(dim, mlp_dim, dropout)
         self.mlp_b = self._mlp(dim, mlp_dim, dropout)
-        self.norm_self = nn.LayerNorm(dim)
-        self.norm_mlp_a = nn.LayerNorm(dim)
-        self.norm_mlp_b = nn.LayerNorm(dim)
+        self.norm_self, self.norm_a_reads_b, self.norm_mlp_a, self.norm_b_reads_a, self.norm_mlp_b = (
+            nn.LayerNorm(dim) for _ in range(5))
 
     @staticmethod
     def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
@@ -98,10 +130,9 @@ class TwoWayAttention(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor, a_mask: Tensor | None = None,
                 b_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        attn, _ = self.self_attn(a, a, a, key_padding_mask=key_padding_mask(a_mask), need_weights=False)
-        a = self.norm_self(a + attn)
-        a = self.a_reads_b(a, b, b_mask)
+        a = self.norm_self(a + self.self_attn(a, a, a, a_mask))
+        a = self.norm_a_reads_b(a + self.a_reads_b(a, b, b, b_mask))
         a = self.norm_mlp_a(a + self.mlp_a(a))
-        b = self.b_reads_a(b, a, a_mask)
+        b = self.norm_b_reads_a(b + self.b_reads_a(b, a, a, a_mask))
         b = self.norm_mlp_b(b + self.mlp_b(b))
         return a, b

@@ -8,3 +8,5 @@ from gpfuse.metrics.reid import compute_distance_matrix, evaluate_features, eval
 __all__ += ["compute_distance_matrix", "evaluate_features", "evaluate_rank", "re_ranking"]
 from gpfuse.metrics.seg2d import PAPER_METRICS, TOOLBOX_METRICS, PolypEvaluator  # noqa: E402
 __all__ += ["PAPER_METRICS", "TOOLBOX_METRICS", "PolypEvaluator"]
+from gpfuse.metrics.seg3d import EMPTY_RULE, summarise_cases, volume_metrics  # noqa: E402
+__all__ += ["EMPTY_RULE", "summarise_cases", "volume_metrics"]

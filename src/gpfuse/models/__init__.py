@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from gpfuse.models.bipvl_seg import BiPVLSeg, BiPVLSegOutput
 from gpfuse.models.ea_dk import EADK
 from gpfuse.models.gpf_net import GPFNet, GPFNetOutput
 from gpfuse.models.grf import GRF, UnimodalRegressor
@@ -12,7 +13,7 @@ from gpfuse.models.io import load_pretrained, save_pretrained
 from gpfuse.models.pgf_net import PGFNet
 from gpfuse.models.outputs import RegressionOutput, SegmentationOutput
 
-__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "EADK", "PGFNet", "RegressionOutput", "SegmentationOutput", "save_pretrained",
+__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "EADK", "PGFNet", "BiPVLSeg", "BiPVLSegOutput", "RegressionOutput", "SegmentationOutput", "save_pretrained",
            "load_pretrained"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -21,6 +22,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "gpf_net": GPFNet,
     "ea_dk": EADK,
     "pgf_net": PGFNet,
+    "bipvl_seg": BiPVLSeg,
 }
 
 

@@ -152,10 +152,58 @@ def _predict_masks(trainer: L.Trainer, task: L.LightningModule, data: L.Lightnin
     return write_predictions(probabilities, data.items["predict"], out, task.hparams.threshold)
 
 
+def _volume_data(config: RunConfig, stats: Any, predict_root: str | None) -> L.LightningDataModule:
+    from gpfuse.tasks.volume_data import VolumeDataModule
+
+    return VolumeDataModule(config.data, seed=config.train.seed, predict_root=predict_root)
+
+
+def _volume_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
+    from gpfuse.tasks.segmentation3d import Segmentation3DTask
+
+    t, d = config.train, config.data
+    names = tuple(_class_names(config))
+    return Segmentation3DTask(model, names, roi_size=d.roi_size, sw_batch_size=d.sw_batch_size,
+                              overlap_val=d.overlap_val, overlap_test=d.overlap_test, lr=t.lr,
+                              weight_decay=t.weight_decay, warmup_epochs=t.warmup_epochs, max_epochs=t.max_epochs,
+                              min_lr=t.min_lr, temperature=t.temperature, hard_negatives=t.hard_negatives)
+
+
+def _class_names(config: RunConfig) -> list[str]:
+    from gpfuse.data.decathlon import read_decathlon
+
+    labels = read_decathlon(config.data.root)[1]
+    return [labels[i] for i in range(len(labels))]
+
+
+def _volume_figure(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
+    """Mid slices of the first test volume: prediction and label."""
+    from gpfuse.tasks.segmentation3d import sliding_window_logits
+    from gpfuse.tasks.volume_outputs import save_mid_slices
+
+    d = data.config
+    sample = data._dataset("test")[0]
+    model.eval()
+    with torch.no_grad():
+        logits = sliding_window_logits(model, sample["image"][None], d.roi_size, d.sw_batch_size, d.overlap_test)
+    image = sample["image"][0].numpy()
+    return [save_mid_slices(image, logits.argmax(1)[0].numpy(), run_dir / "prediction_slices.png",
+                            label=sample["label"][0].numpy(), title=data.cases["test"][0].name)]
+
+
+def _predict_volumes(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, out: Path) -> Path:
+    from gpfuse.tasks.volume_outputs import write_volume_predictions
+
+    data.setup()
+    return write_volume_predictions(task, data, out)
+
+
 TASK_KINDS: dict[str, TaskKind] = {
     "regression": TaskKind(_sentiment_data, lambda dm: {"input_dims": dm.input_dims}, _regression_task,
                            _no_figures, _predict_scores),
     "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task, _rank_list,
                           _predict_ranks),
     "segmentation": TaskKind(_seg_data, lambda dm: {}, _segmentation_task, _prediction_grid, _predict_masks),
+    "segmentation3d": TaskKind(_volume_data, lambda dm: {"num_classes": dm.num_classes, "class_texts": dm.class_texts},
+                               _volume_task, _volume_figure, _predict_volumes),
 }

@@ -1,0 +1,50 @@
+"""MONAI transform pipelines for 3D segmentation (BiPVL-Seg / Swin UNETR recipes).
+
+Shared: load NIfTI, channel first, RAS orientation, optional resampling to ``pixdim`` (bilinear image,
+nearest label), intensity (CT: window ``[a_min, a_max]`` scaled to [0, 1] and clipped; MR: z-score over
+non-zero voxels per channel), optional crop to the image's foreground. Training adds padding to the patch,
+``samples`` random patches per volume balanced between foreground and background centres
+(``RandCropByPosNegLabeld``, pos 1 : neg 1), random flips on every axis, 90-degree rotations in planes whose
+patch sides are equal, and intensity scale/shift. MONAI seeds its own random states per transform; the
+DataModule sets them from the run's seed and MONAI's DataLoader re-seeds each worker.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+__all__ = ["volume_transforms"]
+
+
+def volume_transforms(roi_size: Sequence[int], train: bool, with_label: bool = True,
+                      pixdim: Sequence[float] | None = None, intensity: str = "mr",
+                      ct_window: Sequence[float] = (-175.0, 250.0), crop_foreground: bool = True, samples: int = 2):
+    """The ``monai.transforms.Compose`` for one split (``train`` or evaluation; ``with_label`` False for
+    prediction inputs). Keys: ``image`` (and ``label``)."""
+    from monai import transforms as T
+
+    if intensity not in ("ct", "mr"):
+        raise ValueError(f"intensity must be 'ct' or 'mr', got {intensity!r}")
+    keys = ["image", "label"] if with_label else ["image"]
+    modes = ("bilinear", "nearest")[:len(keys)]
+    steps = [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys), T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    if pixdim is not None:
+        steps.append(T.Spacingd(keys, pixdim=tuple(pixdim), mode=modes))
+    if intensity == "ct":
+        steps.append(T.ScaleIntensityRanged("image", a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0,
+                                            clip=True))
+    else:
+        steps.append(T.NormalizeIntensityd("image", nonzero=True, channel_wise=True))
+    if crop_foreground:
+        steps.append(T.CropForegroundd(keys, source_key="image", allow_smaller=True))
+    if train:
+        roi = tuple(roi_size)
+        steps += [T.SpatialPadd(keys, spatial_size=roi),
+                  T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=samples,
+                                           image_key="image", image_threshold=0),
+                  *[T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]]
+        planes = [(i, j) for i in range(3) for j in range(i + 1, 3) if roi[i] == roi[j]]
+        steps += [T.RandRotate90d(keys, prob=0.25, max_k=3, spatial_axes=p) for p in planes]
+        steps += [T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
+                  T.RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
+    steps.append(T.EnsureTyped(keys, track_meta=True))
+    return T.Compose(steps)

@@ -1,0 +1,122 @@
+"""3D multi-class segmentation as a LightningModule: MONAI DiceCE, BiPVL-Seg's class-embedding and alignment
+losses under homoscedastic uncertainty weighting, sliding-window evaluation with Dice / HD95 / NSD per class."""
+from __future__ import annotations
+
+import re
+
+import lightning as L
+import torch
+from monai.losses import DiceCELoss
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from gpfuse.losses import UncertaintyWeighting, class_info_nce, concept_info_nce
+from gpfuse.metrics.seg3d import EMPTY_RULE, summarise_cases, volume_metrics
+from gpfuse.tasks.schedules import build_optimizer, lr_lambda
+
+__all__ = ["Segmentation3DTask", "sliding_window_logits", "voxel_spacing"]
+
+
+def voxel_spacing(image: Tensor) -> tuple[float, float, float]:
+    """Spacing in mm of the first volume of a MONAI batch, from its (transformed) affine's column norms."""
+    affine = torch.as_tensor(image.affine)
+    affine = affine[0] if affine.dim() == 3 else affine
+    return tuple(float(v) for v in torch.linalg.norm(affine[:3, :3].double(), dim=0))
+
+
+def sliding_window_logits(model: nn.Module, image: Tensor, roi_size, sw_batch_size: int, overlap: float) -> Tensor:
+    """MONAI sliding-window inference of ``model``'s logits over a whole volume (B, C_in, X, Y, Z) -> (B, C, X, Y, Z)."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(image, tuple(roi_size), sw_batch_size, lambda x: model({"image": x}).logits,
+                                    overlap=overlap, mode="gaussian")
+
+
+class Segmentation3DTask(L.LightningModule):
+    """Trains a model returning :class:`~gpfuse.models.bipvl_seg.BiPVLSegOutput` on ``batch["label"]`` (B, 1, ...).
+
+    Loss: MONAI ``DiceCELoss(to_onehot_y=True, softmax=True)``; when the model gives alignment outputs also the
+    class-embedding CE (targets: argmax of the segmentation logits resized to the bottleneck, detached) and the
+    global + local InfoNCE (temperature, ``hard_negatives``), the three combined by learnable uncertainty weights
+    (a single loss is used as is). Validation and test: sliding-window inference (``overlap_val`` /
+    ``overlap_test``), per-volume Dice / HD95 / NSD (2 mm) at each volume's voxel spacing, averaged over volumes,
+    logged as ``{stage}/mean_dice`` ... and ``{stage}/dice/<class>``; :data:`EMPTY_RULE` applies to empty structures.
+    """
+
+    def __init__(self, model: nn.Module, class_names: tuple[str, ...], roi_size: tuple[int, int, int] = (96, 96, 96),
+                 sw_batch_size: int = 4, overlap_val: float = 0.5, overlap_test: float = 0.75, lr: float = 1e-4,
+                 weight_decay: float = 1e-5, warmup_epochs: int = 0, max_epochs: int = 100, min_lr: float = 1e-6,
+                 temperature: float = 0.2, hard_negatives: int = 3) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"])
+        self.model = model
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.weighting = UncertaintyWeighting(3) if getattr(model, "alignment", False) else None
+        self._cases: list[dict] = []
+
+    def forward(self, batch: dict[str, Tensor]):
+        return self.model(batch)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        hp, out, label = self.hparams, self(batch), batch["label"]
+        losses = {"seg": self.seg_loss(out.logits, label)}
+        if out.class_logits is not None:
+            grid = [s // 32 for s in batch["image"].shape[2:]]  # Swin UNETR's bottleneck: stride 32
+            target = F.interpolate(out.logits.detach().float(), size=grid, mode="trilinear").argmax(1).flatten(1)
+            losses["class"] = F.cross_entropy(out.class_logits.transpose(1, 2), target)
+            losses["align"] = class_info_nce(out.vision_classes, out.text_classes, hp.temperature) + \
+                concept_info_nce(out.vision_classes, out.text_concepts, hp.temperature, hp.hard_negatives)
+        loss = self.weighting(list(losses.values())) if self.weighting is not None else losses["seg"]
+        n = len(label)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True, batch_size=n)
+        if self.weighting is not None:
+            self.log_dict({f"weight/{k}": w for k, w in zip(losses, self.weighting.weights)}, on_step=False, on_epoch=True)
+        return loss
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def _score(self, batch: dict[str, Tensor], overlap: float) -> None:
+        hp = self.hparams
+        logits = sliding_window_logits(self.model, batch["image"], hp.roi_size, hp.sw_batch_size, overlap)
+        pred = logits.argmax(1)[0]
+        self._cases.append(volume_metrics(pred, batch["label"][0, 0], len(hp.class_names), voxel_spacing(batch["image"])))
+
+    def _log_cases(self, stage: str) -> None:
+        summary = summarise_cases(self._cases)
+        self._cases = []
+        for key in ("mean_dice", "mean_hd95", "mean_nsd"):
+            self.log(f"{stage}/{key}", summary[key], prog_bar=key == "mean_dice")
+        for metric in ("dice", "hd95", "nsd"):
+            for name, value in zip(self.hparams.class_names[1:], summary[metric]):
+                self.log(f"{stage}/{metric}/{re.sub(r'[^A-Za-z0-9]+', '_', name)}", value)
+
+    def on_validation_epoch_start(self) -> None:
+        self._cases = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._score(batch, self.hparams.overlap_val)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_cases("valid")
+
+    def on_test_epoch_start(self) -> None:
+        self._cases = []
+        self.print(f"3D metrics over volumes; {EMPTY_RULE}")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._score(batch, self.hparams.overlap_test)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_cases("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> Tensor:
+        hp = self.hparams
+        return sliding_window_logits(self.model, batch["image"], hp.roi_size, hp.sw_batch_size, hp.overlap_test)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = build_optimizer([p for p in self.parameters() if p.requires_grad], "adamw", hp.lr, hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = hp.warmup_epochs * total // max(1, hp.max_epochs)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda("warmup_cosine", warmup, total, hp.lr, hp.min_lr))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,118 @@
+"""The 3D segmentation DataModule: a Decathlon folder -> checked cases, seeded train/valid/test split, class
+prompts from the description CSV, MONAI cached datasets and loaders (random patches for training, whole
+volumes for sliding-window evaluation)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+
+from gpfuse.config import VolumeDataConfig
+from gpfuse.data.class_text import global_prompt, local_prompts, read_class_descriptions, shipped_descriptions
+from gpfuse.data.decathlon import VolumeCase, carve_cases, check_cases, read_decathlon
+from gpfuse.data.volume_transforms import volume_transforms
+from gpfuse.utils.files import atomic_write_text
+
+__all__ = ["VolumeDataModule", "descriptions_path"]
+
+log = logging.getLogger(__name__)
+
+
+def descriptions_path(name_or_path: str) -> Path:
+    """A shipped description set (``amos22``, ``msd_brain``, ``msd_hippocampus``) or a CSV path."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise FileNotFoundError(f"class-description CSV not found: {path}")
+        return path
+    return shipped_descriptions(name_or_path)
+
+
+class VolumeDataModule(L.LightningDataModule):
+    """Reads and checks ``config.root`` once in :meth:`setup`.
+
+    Args:
+        config: the data section. seed: split, subset and transform seed.
+        predict_root: a NIfTI file or a folder of them to predict on (image only).
+
+    Attributes after setup: ``labels`` ({index: name}), ``num_classes``, ``class_texts`` (per class its global
+    prompt, then its concept prompts), ``cases`` (split name -> cases).
+    """
+
+    def __init__(self, config: VolumeDataConfig, seed: int = 0, predict_root: str | None = None) -> None:
+        super().__init__()
+        self.config, self.seed, self.predict_root = config, seed, predict_root
+        self.cases: dict[str, list[VolumeCase]] = {}
+        self.labels: dict[int, str] = {}
+        self.class_texts: list[list[str]] = []
+        self.skipped = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.cases:
+            return
+        c = self.config
+        cases, self.labels = read_decathlon(c.root)
+        descriptions = read_class_descriptions(descriptions_path(c.descriptions), self.labels)
+        self.class_texts = [[global_prompt(d), *local_prompts(d)] for d in descriptions]
+        if self.predict_root is not None:
+            root = Path(self.predict_root)
+            files = sorted(root.glob("*.nii*")) if root.is_dir() else [root]
+            if not files or not all(f.is_file() for f in files):
+                raise FileNotFoundError(f"no NIfTI volume to predict at {root}")
+            self.cases = {"predict": [VolumeCase(str(f), None, f.name.split(".nii")[0]) for f in files]}
+            return
+        kept, self.skipped = check_cases(cases, self.num_classes, c.on_bad_file, what=str(Path(c.root) / "dataset.json"))
+        train, val, test = carve_cases(kept, (c.val_cases, c.test_cases), self.seed)
+        if c.subset is not None and len(train) > c.subset:
+            train = [train[i] for i in np.sort(np.random.default_rng([self.seed, 2]).permutation(len(train))[:c.subset])]
+        self.cases = {"train": train, "valid": val, "test": test or val}
+        log.info("%s: train %d, valid %d, test %d%s", c.root, len(train), len(val), len(test),
+                 "" if test else " (test = valid)")
+
+    def _dataset(self, name: str):
+        from monai.data import CacheDataset, Dataset
+
+        c = self.config
+        train, predict = name == "train", name == "predict"
+        transform = volume_transforms(c.roi_size, train, with_label=not predict, pixdim=c.pixdim, intensity=c.intensity,
+                                      ct_window=c.ct_window, crop_foreground=c.crop_foreground,
+                                      samples=c.samples_per_volume)
+        transform.set_random_state(seed=self.seed)
+        items = [{"image": it.image, **({} if predict else {"label": it.label})} for it in self.cases[name]]
+        if predict or c.cache_rate == 0:
+            return Dataset(items, transform)
+        return CacheDataset(items, transform, cache_rate=c.cache_rate, progress=False)
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool = False):
+        from monai.data import DataLoader
+
+        return DataLoader(self._dataset(name), batch_size=batch_size, shuffle=shuffle, num_workers=self.config.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", self.config.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("valid", 1)
+
+    def test_dataloader(self):
+        return self._loader("test", 1)
+
+    def predict_dataloader(self):
+        return self._loader("predict", 1)
+
+    def save_split_lists(self, folder: Path) -> None:
+        for name, cases in self.cases.items():
+            lines = [f"{it.image}\t{it.label}" for it in cases]
+            atomic_write_text(folder / f"{name}.txt", "image\tlabel\n" + "\n".join(lines) + "\n")
+
+    def save_stats(self, path: Path) -> None:
+        stats = {"cases": {k: len(v) for k, v in self.cases.items()}, "skipped": self.skipped,
+                 "labels": self.labels, "class_texts": self.class_texts}
+        atomic_write_text(path, json.dumps(stats, indent=2))

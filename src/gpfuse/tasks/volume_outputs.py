@@ -1,0 +1,81 @@
+"""3D segmentation outputs as files: the label map in the input's own space (MONAI ``Invertd`` undoes the
+evaluation transforms) saved as NIfTI with the input's affine, and a PNG of the three mid slices with the
+prediction (and the label, when given) drawn over the image."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpfuse.utils.files import atomic_path
+
+__all__ = ["save_mid_slices", "write_volume_predictions"]
+
+_COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 120, 240], [240, 200, 40], [200, 80, 220],
+                     [40, 210, 210]], dtype=float) / 255
+
+
+def save_mid_slices(image: np.ndarray, pred: np.ndarray, path: Path, label: np.ndarray | None = None,
+                    title: str = "") -> Path:
+    """Axial, coronal and sagittal mid slices of ``image`` (X, Y, Z) with ``pred`` filled in colour (and ``label``
+    contoured in a second row when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [("prediction", pred)] + ([("label", label)] if label is not None else [])
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3.2 * len(rows)), squeeze=False)
+    centre = [s // 2 for s in image.shape]
+    for r, (name, seg) in enumerate(rows):
+        for a, axis in enumerate(range(3)):
+            cut = [slice(None)] * 3
+            cut[axis] = centre[axis]
+            ax = axes[r][a]
+            ax.imshow(np.rot90(image[tuple(cut)]), cmap="gray")
+            colours = _COLOURS[np.rot90(seg[tuple(cut)]).astype(int) % len(_COLOURS)]
+            ax.imshow(np.concatenate([colours, (np.rot90(seg[tuple(cut)]) > 0)[..., None] * 0.45], axis=-1))
+            ax.set_title(f"{name}, axis {axis}", fontsize=8)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
+    return path
+
+
+@torch.no_grad()
+def write_volume_predictions(task, data, out: Path) -> Path:
+    """For every case of ``data.cases["predict"]``: ``out/<name>_seg.nii.gz`` (uint8 labels, the input's affine
+    and shape) and ``out/<name>_slices.png``."""
+    import nibabel as nib
+    from monai.data import DataLoader, decollate_batch
+    from monai.transforms import Invertd
+
+    from gpfuse.tasks.segmentation3d import sliding_window_logits
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = data._dataset("predict")  # one transform object: Invertd matches the transforms it applied by id
+    invert = Invertd(keys="pred", transform=dataset.transform, orig_keys="image", nearest_interp=True)
+    hp = task.hparams
+    task.model.eval()
+    for case, batch in zip(data.cases["predict"], DataLoader(dataset, batch_size=1)):
+        logits = sliding_window_logits(task.model, batch["image"], hp.roi_size, hp.sw_batch_size, hp.overlap_test)
+        item = invert(decollate_batch({"image": batch["image"], "pred": logits.argmax(1, keepdim=True)})[0])
+        pred = np.asarray(item["pred"][0]).round().astype(np.uint8)
+        source = nib.load(case.image)
+        if pred.shape != source.shape[:3]:
+            raise RuntimeError(f"{case.image}: prediction of shape {pred.shape} after inverting the transforms, "
+                               f"the volume is {source.shape[:3]}")
+        header = source.header.copy()
+        header.set_data_dtype(np.uint8)
+        with atomic_path(out / f"{case.name}_seg.nii.gz") as tmp:
+            tmp.write_bytes(gzip.compress(nib.Nifti1Image(pred, source.affine, header).to_bytes()))
+        image = np.asarray(source.dataobj, dtype=np.float32)
+        save_mid_slices(image[..., 0] if image.ndim == 4 else image, pred, out / f"{case.name}_slices.png",
+                        title=case.name)
+    return out
