@@ -16,13 +16,13 @@ Prints one table; nothing here is part of the test suite.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 import tracemalloc
 
 import numpy as np
 import torch
 
+from bench_utils import peak_rss_mib
 from gpfuse.metrics import compute_distance_matrix, evaluate_features, evaluate_rank
 
 
@@ -113,10 +113,6 @@ def market_like(num_q: int, num_g: int, dim: int, ids: int, cams: int, seed: int
     return feats(q_pids, q_camids), feats(g_pids, g_camids), q_pids, g_pids, q_camids, g_camids
 
 
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="quick run: 500 query x 2500 gallery x 256-d")
@@ -135,7 +131,7 @@ def main() -> None:
         f"ReID evaluation, {num_q} query x {num_g} gallery x {dim}-d, {ids} ids, {cams} cameras; "
         f"float32, device {dev}, torch threads {torch.get_num_threads()}"
     )
-    rss0 = max_rss_mib()
+    rss0 = peak_rss_mib()
 
     # gpfuse: distances + evaluation, chunked (warm-up on a slice first)
     qd, gd = q.to(dev), g.to(dev)
@@ -149,7 +145,7 @@ def main() -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t_ours = time.perf_counter() - t
-    rss_ours = max_rss_mib()
+    rss_ours = peak_rss_mib()
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
 
     # torchreid: full distance matrix, then the per-query Python loop
@@ -159,7 +155,7 @@ def main() -> None:
     t = time.perf_counter()
     ref = eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, 50)
     t_ref = time.perf_counter() - t
-    rss_ref = max_rss_mib()
+    rss_ref = peak_rss_mib()
     t = time.perf_counter()
     ours_rank = evaluate_rank(distmat, *ids_args)
     t_rank = time.perf_counter() - t

@@ -11,12 +11,12 @@ Prints one table; nothing here is part of the test suite.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 from monai.losses import DiceCELoss
 
+from bench_utils import peak_rss_mib
 from gpfuse.models import create_model
 
 PROMPTS = [[f"A medical image of the {n}."] + [f"Concept {k} of the {n}: a description sentence." for k in range(5)]
@@ -25,9 +25,7 @@ VARIANTS = {"vision-only (Swin UNETR)": {"text": False, "alignment": False}, "fu
 
 
 def peak_mib(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
 
 
 def timed(fn, device: str, repeats: int) -> float:

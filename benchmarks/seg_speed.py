@@ -12,19 +12,15 @@ Prints one table; nothing here is part of the test suite.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
+from bench_utils import peak_rss_mib
 from gpfuse.models import create_model
 
 ENCODERS = ("efficientnet_lite0", "res2net50_v1b_26w_4s", "resnet50")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def measure(encoder: str, size: int, batch: int, steps: int) -> tuple[int, float, float]:

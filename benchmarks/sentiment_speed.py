@@ -12,19 +12,15 @@ Prints one table; nothing here is part of the test suite.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 
+from bench_utils import peak_rss_mib
 from gpfuse.models import create_model
 
 MODELS = {"GRF (text -> audio)": ("grf", {"order": ["text", "audio"]}),
           "PGF-Net (MiniLM + LoRA 32)": ("pgf_net", {})}
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def batch_for(name: str, size: int, length: int = 50) -> dict[str, torch.Tensor]:

@@ -95,7 +95,34 @@ class EncoderMixin:
         return self.out_channels[-1]
 
 
-class ResNet50Encoder(EncoderMixin, nn.Module):
+class ResNetStagesMixin(EncoderMixin):
+    """``forward``, ``forward_logits`` and ``drop_head`` of torchvision-style ResNets (ResNet, Res2Net): a stem
+    ``conv1``-``bn1``-``relu``, ``maxpool``, ``layer1`` .. ``layer4``, and the ImageNet head ``fc``."""
+
+    fc: nn.Linear | None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        features = [x]
+        x = self.relu(self.bn1(self.conv1(x)))
+        features.append(x)
+        x = self.maxpool(x)
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward_logits(self, x: Tensor) -> Tensor:
+        """ImageNet logits (B, num_classes): global average pool, then ``fc``."""
+        if self.fc is None:
+            raise RuntimeError("forward_logits: the classifier was removed by drop_head()")
+        return self.fc(global_pool(self.forward(x)))
+
+    def drop_head(self) -> None:
+        """Remove ``fc`` (unused by ``forward``); checkpoints then load without their ``fc.*`` keys."""
+        self.fc = None
+
+
+class ResNet50Encoder(ResNetStagesMixin, nn.Module):
     """ResNet-50 (He et al. 2016, torchvision v1.5) whose ``state_dict`` equals torchvision's ``resnet50()``.
 
     Shapes: (B, in_channels, H, W) -> [x, (B, 64, H/2), (B, 256, H/4), (B, 512, H/8), (B, 1024, H/16),
@@ -126,26 +153,6 @@ class ResNet50Encoder(EncoderMixin, nn.Module):
         self.fc: nn.Linear | None = nn.Linear(2048, num_classes)
         self.out_channels = (in_channels, 64, 256, 512, 1024, 2048)
         _init_conv_bn(self)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        features = [x]
-        x = self.relu(self.bn1(self.conv1(x)))
-        features.append(x)
-        x = self.maxpool(x)
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_logits(self, x: Tensor) -> Tensor:
-        """ImageNet logits (B, num_classes): global average pool, then ``fc``."""
-        if self.fc is None:
-            raise RuntimeError("forward_logits: the classifier was removed by drop_head()")
-        return self.fc(global_pool(self.forward(x)))
-
-    def drop_head(self) -> None:
-        """Remove ``fc`` (unused by ``forward``); checkpoints then load without their ``fc.*`` keys."""
-        self.fc = None
 
 
 # ------------------------------------------------------------------------------------- EfficientNet-Lite

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gpfuse.encoders.image import EncoderMixin, _init_conv_bn, global_pool
+from gpfuse.encoders.image import ResNetStagesMixin, _init_conv_bn
 
 __all__ = ["Bottle2neck", "Res2Net50Encoder", "Res2Net50V1bEncoder"]
 
@@ -69,7 +69,7 @@ class Bottle2neck(nn.Module):
         return self.relu(self.bn3(self.conv3(torch.cat(outs, dim=1))) + identity)
 
 
-class Res2Net50Encoder(EncoderMixin, nn.Module):
+class Res2Net50Encoder(ResNetStagesMixin, nn.Module):
     """Res2Net-50 26w x 4s, v1 release: ``state_dict`` equals ``res2net50_26w_4s`` of ``res2net.py`` / timm.
 
     Stem ``conv1`` 7x7/2 (64), ``bn1``, ReLU, max-pool 3x3/2; ``layer1..4`` of (3, 4, 6, 3) ``Bottle2neck``
@@ -110,26 +110,6 @@ class Res2Net50Encoder(EncoderMixin, nn.Module):
         self.fc: nn.Linear | None = nn.Linear(512 * Bottle2neck.expansion, num_classes)
         self.out_channels = (in_channels, 64, 256, 512, 1024, 2048)
         _init_conv_bn(self)
-
-    def forward(self, x: Tensor) -> list[Tensor]:
-        features = [x]
-        x = self.relu(self.bn1(self.conv1(x)))
-        features.append(x)
-        x = self.maxpool(x)
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward_logits(self, x: Tensor) -> Tensor:
-        """ImageNet logits (B, num_classes): global average pool, then ``fc``."""
-        if self.fc is None:
-            raise RuntimeError("forward_logits: the classifier was removed by drop_head()")
-        return self.fc(global_pool(self.forward(x)))
-
-    def drop_head(self) -> None:
-        """Remove ``fc`` (unused by ``forward``); checkpoints then load without their ``fc.*`` keys."""
-        self.fc = None
 
 
 class Res2Net50V1bEncoder(Res2Net50Encoder):

@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 from py_sod_metrics import MAE, DICEHandler, Emeasure, FmeasureV2, IOUHandler, Smeasure, WeightedFmeasure
 
+from gpfuse.metrics.arrays import as_numeric_array
+
 __all__ = ["PAPER_METRICS", "TOOLBOX_METRICS", "PolypEvaluator"]
 
 PAPER_METRICS = ("Dice", "IoU", "Precision", "Recall")
@@ -47,23 +49,9 @@ TOOLBOX_METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _as_array(x: Any, name: str) -> np.ndarray:
-    """numpy array, torch tensor (any device, any float dtype) or nested sequence -> numpy array."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        t = x.detach().cpu()
-        x = (t.double() if t.is_floating_point() else t).numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a numeric array, got {type(x).__name__} ({err})") from err
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
-    return arr
-
-
 def _as_batch(x: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
     """(B, H, W) array of a (B, H, W) or (B, 1, H, W) batch, and the shape as given."""
-    arr = _as_array(x, name)
+    arr = as_numeric_array(x, name)
     shape = arr.shape
     if arr.ndim == 4 and shape[1] == 1:
         arr = arr[:, 0]
@@ -210,7 +198,7 @@ class PolypEvaluator:
             ValueError: different shapes, not 2-D, empty, NaN, float values outside [0, 1], ambiguous pred
                 dtype (integers other than uint8), or a non-binary ``gt``.
         """
-        p, g = _as_array(pred, "pred"), _as_array(gt, "gt")
+        p, g = as_numeric_array(pred, "pred"), as_numeric_array(gt, "gt")
         _check_pair(p, g, (p.shape, g.shape), ("pred", "gt"))
         if p.ndim != 2:
             raise ValueError(f"update takes one (H, W) image, got shape {p.shape}; use update_batch for "

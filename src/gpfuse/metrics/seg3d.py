@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpfuse.metrics.arrays import as_numeric_array
+
 __all__ = ["EMPTY_RULE", "summarise_cases", "volume_metrics"]
 
 EMPTY_RULE: str = ("empty structures are scored, never dropped: a class absent from both label and prediction "
@@ -63,19 +65,6 @@ _MONAI_INTERNAL_WARNING = r".*get_mask_edges:always_return_as_numpy"
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _as_label_map(x: Any, name: str) -> np.ndarray:
-    """numpy array or torch tensor (any device) -> numpy array of a numeric dtype (values checked later)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    try:
-        arr = np.asarray(x)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a numeric array, got {type(x).__name__} ({err})") from err
-    if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be an integer label map, got dtype {arr.dtype}")
-    return arr
-
-
 def _check_values(arr: np.ndarray, name: str, num_classes: int) -> np.ndarray:
     """(X, Y, Z) int64 labels, or ValueError naming the values outside ``0..num_classes - 1``."""
     values = np.unique(arr)
@@ -132,7 +121,7 @@ def volume_metrics(pred: Any, label: Any, num_classes: int, spacing: Sequence[fl
     tol = float(tolerance_mm)
     if not (math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tolerance_mm must be a finite number >= 0, got {tolerance_mm!r}")
-    p, g = _as_label_map(pred, "pred"), _as_label_map(label, "label")
+    p, g = as_numeric_array(pred, "pred"), as_numeric_array(label, "label")
     if p.shape != g.shape:
         raise ValueError(f"pred shape {tuple(p.shape)} and label shape {tuple(g.shape)} must match")
     if p.ndim != 3:

@@ -1,0 +1,12 @@
+"""Helpers shared by the benchmark scripts (run as ``python benchmarks/<script>.py``, which puts this folder
+on the import path)."""
+from __future__ import annotations
+
+import resource
+
+__all__ = ["peak_rss_mib"]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB (Linux reports KiB); it only grows."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
