@@ -92,3 +92,28 @@ def test_real_msd_hippocampus_layout():
     assert len(cases) == 208 and labels == {0: "background", 1: "Anterior", 2: "Posterior"}
     kept, skipped = check_cases(cases[:10], 3)
     assert len(kept) == 10 and skipped == 0
+
+
+def _two_class_case(tmp_path):
+    """Label 1 in the front half of the A-P axis (RAS axis 1 low), label 2 behind it; identity affine."""
+    image = np.random.default_rng(0).normal(size=(8, 16, 8)).astype(np.float32)
+    label = np.zeros((8, 16, 8), np.uint8)
+    label[2:6, 2:7, 2:6], label[2:6, 9:14, 2:6] = 1, 2
+    paths = {}
+    for key, array in (("image", image), ("label", label)):
+        paths[key] = str(tmp_path / f"{key}.nii.gz")
+        nib.save(nib.Nifti1Image(array, np.eye(4)), paths[key])
+    return paths
+
+
+@pytest.mark.parametrize("flip_axes, swapped", [((0,), False), ((1,), True)])
+def test_flips_keep_or_swap_positional_classes(tmp_path, flip_axes, swapped):
+    """A flip along an axis that names classes (A-P for the hippocampus) swaps where they lie: flip_axes
+    decides which axes may be mirrored, and rotations never involve one left out."""
+    from gpfuse.data.volume_transforms import volume_transforms
+
+    transform = volume_transforms((8, 16, 8), train=True, crop_foreground=False, samples=1, flip_axes=flip_axes,
+                                  flip_prob=1.0)
+    out = transform(_two_class_case(tmp_path))[0]["label"][0].numpy()
+    front, back = (np.argwhere(out == c)[:, 1].mean() for c in (1, 2))
+    assert (front > back) == swapped

@@ -118,6 +118,9 @@ class VolumeDataConfig(_Strict):
     ct_window: tuple[float, float] = (-175.0, 250.0)
     crop_foreground: bool = True
     samples_per_volume: int = Field(2, ge=1)
+    flip_axes: tuple[Literal[0, 1, 2], ...] = Field((0, 1, 2), description="RAS axes the anatomy may be mirrored "
+                                                    "along; leave out one that names classes (left/right organs)")
+    flip_prob: float = Field(0.1, ge=0, le=1)
     batch_size: int = Field(1, ge=1)
     sw_batch_size: int = Field(4, ge=1)
     overlap_val: float = Field(0.5, ge=0, lt=1)

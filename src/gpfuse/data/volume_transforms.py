@@ -17,9 +17,16 @@ __all__ = ["volume_transforms"]
 
 def volume_transforms(roi_size: Sequence[int], train: bool, with_label: bool = True,
                       pixdim: Sequence[float] | None = None, intensity: str = "mr",
-                      ct_window: Sequence[float] = (-175.0, 250.0), crop_foreground: bool = True, samples: int = 2):
+                      ct_window: Sequence[float] = (-175.0, 250.0), crop_foreground: bool = True, samples: int = 2,
+                      flip_axes: Sequence[int] = (0, 1, 2), flip_prob: float = 0.1):
     """The ``monai.transforms.Compose`` for one split (``train`` or evaluation; ``with_label`` False for
-    prediction inputs). Keys: ``image`` (and ``label``)."""
+    prediction inputs). Keys: ``image`` (and ``label``).
+
+    ``flip_axes`` are the (RAS) axes along which the anatomy may be mirrored, each flipped with ``flip_prob``
+    (0.1 as in MONAI's Swin UNETR tutorial); 90-degree rotations use only planes of two such axes with equal
+    patch sides. Leave out an axis that names classes: L-R (0) for left/right organs, A-P (1) for the
+    anterior/posterior hippocampus, or a flip turns one class into the other.
+    """
     from monai import transforms as T
 
     if intensity not in ("ct", "mr"):
@@ -41,9 +48,9 @@ def volume_transforms(roi_size: Sequence[int], train: bool, with_label: bool = T
         steps += [T.SpatialPadd(keys, spatial_size=roi),
                   T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=samples,
                                            image_key="image", image_threshold=0),
-                  *[T.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]]
-        planes = [(i, j) for i in range(3) for j in range(i + 1, 3) if roi[i] == roi[j]]
-        steps += [T.RandRotate90d(keys, prob=0.25, max_k=3, spatial_axes=p) for p in planes]
+                  *[T.RandFlipd(keys, prob=flip_prob, spatial_axis=axis) for axis in flip_axes]]
+        planes = [(i, j) for i in flip_axes for j in flip_axes if i < j and roi[i] == roi[j]]
+        steps += [T.RandRotate90d(keys, prob=flip_prob, max_k=3, spatial_axes=p) for p in planes]
         steps += [T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
                   T.RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
     steps.append(T.EnsureTyped(keys, track_meta=True))
