@@ -224,8 +224,9 @@ def convert(src: Path, dst: Path, layout: str = typer.Option("auto", help="auto,
 @app.command()
 def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--config", help="demo configs")) -> None:
     """Train and test each demo config: GRF on CMU-MOSI, GPF-Net on a generated Colo-Pair folder, EA-DK on a
-    subset of Kvasir-SEG (tested on its val split and CVC-ClinicDB); synthetic data in the same layouts
-    where the shared copies are absent. Prints the metrics and the run folders."""
+    subset of Kvasir-SEG (tested on its val split and CVC-ClinicDB), PGF-Net on CMU-MOSI, BiPVL-Seg on a few
+    MSD Hippocampus volumes; synthetic data in the same layouts where the shared copies are absent. Prints
+    the metrics and the run folders."""
     import time
 
     from gpfuse.config import load_config
