@@ -30,3 +30,15 @@ def cuhk01_root() -> Path:
     if not (root / "campus").is_dir():
         pytest.skip(f"real CUHK01 not found at {root / 'campus'} (set GPFUSE_DATA to the shared data folder)")
     return root
+
+
+def train_losses(optimizer: torch.optim.Optimizer, compute_loss, steps: int) -> list[float]:
+    """Run ``steps`` optimisation steps of ``compute_loss()`` (a closure returning the loss); the losses."""
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = compute_loss()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

@@ -96,9 +96,9 @@ def test_real_msd_hippocampus_layout():
 
 def _two_class_case(tmp_path):
     """Label 1 in the front half of the A-P axis (RAS axis 1 low), label 2 behind it; identity affine."""
-    image = np.random.default_rng(0).normal(size=(8, 16, 8)).astype(np.float32)
-    label = np.zeros((8, 16, 8), np.uint8)
-    label[2:6, 2:7, 2:6], label[2:6, 9:14, 2:6] = 1, 2
+    image = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    label = np.zeros((16, 16, 16), np.uint8)
+    label[4:12, 2:7, 4:12], label[4:12, 9:14, 4:12] = 1, 2
     paths = {}
     for key, array in (("image", image), ("label", label)):
         paths[key] = str(tmp_path / f"{key}.nii.gz")
@@ -106,13 +106,14 @@ def _two_class_case(tmp_path):
     return paths
 
 
-@pytest.mark.parametrize("flip_axes, swapped", [((0,), False), ((1,), True)])
+@pytest.mark.parametrize("flip_axes, swapped", [((0,), False), ((0, 2), False), ((1,), True)])
 def test_flips_keep_or_swap_positional_classes(tmp_path, flip_axes, swapped):
     """A flip along an axis that names classes (A-P for the hippocampus) swaps where they lie: flip_axes
-    decides which axes may be mirrored, and rotations never involve one left out."""
+    decides which axes may be mirrored, and 90-degree rotations (cubic patch: every plane qualifies by size)
+    never involve one left out."""
     from gpfuse.data.volume_transforms import volume_transforms
 
-    transform = volume_transforms((8, 16, 8), train=True, crop_foreground=False, samples=1, flip_axes=flip_axes,
+    transform = volume_transforms((16, 16, 16), train=True, crop_foreground=False, samples=1, flip_axes=flip_axes,
                                   flip_prob=1.0)
     out = transform(_two_class_case(tmp_path))[0]["label"][0].numpy()
     front, back = (np.argwhere(out == c)[:, 1].mean() for c in (1, 2))

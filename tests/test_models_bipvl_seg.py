@@ -13,6 +13,8 @@ from gpfuse.fusion.attention import DownsampledAttention
 from gpfuse.losses import UncertaintyWeighting, class_info_nce, concept_info_nce
 from gpfuse.models import create_model
 
+from conftest import train_losses
+
 TEXTS = [[f"A medical image of the {name}."] + [f"Concept {k} of the {name}." for k in range(5)]
          for name in ("background", "bright organ", "dark organ")]
 SMALL = dict(num_classes=3, class_texts=TEXTS, feature_size=12, fusion_heads=4, fusion_mlp=32, max_text_len=12)
@@ -104,13 +106,7 @@ def test_a_few_steps_lower_the_loss():
     label = (x > 0.5).long() + (x > 1.5).long()  # intensity decides the class: learnable
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(6):
-        optimizer.zero_grad()
-        loss = loss_fn(net({"image": x}).logits, label)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(optimizer, lambda: loss_fn(net({"image": x}).logits, label), 6)
     assert losses[-1] < 0.8 * losses[0]
 
 

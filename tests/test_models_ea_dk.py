@@ -10,6 +10,8 @@ from gpfuse.fusion import build_fusion
 from gpfuse.models import create_model
 from gpfuse.models.ea_dk import apply_kernel, region_descriptor
 
+from conftest import train_losses
+
 
 @pytest.fixture(scope="module")
 def model():
@@ -100,11 +102,5 @@ def test_a_few_steps_lower_the_deep_supervision_loss():
     net = create_model("ea_dk", encoder="efficientnet_lite0", encoder_weights=None, channels=16)
     loss_fn = DeepSupervisionLoss(DiceCELoss(sigmoid=True), weight_mode="same")
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        optimizer.zero_grad()
-        loss = loss_fn(net({"image": image}).stages, mask)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(optimizer, lambda: loss_fn(net({"image": image}).stages, mask), 12)
     assert losses[-1] < 0.7 * losses[0]

@@ -8,6 +8,8 @@ from gpfuse.losses import batch_hard_triplet_loss
 from gpfuse.models import create_model
 from gpfuse.encoders.text import tokenize
 
+from conftest import train_losses
+
 SMALL = dict(num_classes=4, image_encoder="efficientnet_lite0", image_weights=None, dim=32, num_fusion_layers=2,
              fusion_heads=4, fusion_ffn=64, final_layers=1, final_heads=4, final_ffn=64, max_text_len=12)
 
@@ -81,15 +83,13 @@ def test_a_few_steps_lower_the_loss():
     batch = _batch()
     batch["image"][2:] = batch["image"][:2] + 0.1 * torch.randn(2, 3, 64, 64)
     optimizer = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-3)
-    losses = []
-    for _ in range(15):
-        optimizer.zero_grad()
+
+    def compute_loss():
         out = net(batch)
-        loss = torch.nn.functional.cross_entropy(out.logits, batch["pid"]) + \
+        return torch.nn.functional.cross_entropy(out.logits, batch["pid"]) + \
             batch_hard_triplet_loss(out.embedding, batch["pid"])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+
+    losses = train_losses(optimizer, compute_loss, 15)
     assert losses[-1] < 0.5 * losses[0]
 
 

@@ -8,6 +8,8 @@ from torch.nn import functional as F
 from gpfuse.models import create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
 
+from conftest import train_losses
+
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 SMALL = dict(d_model=16, num_heads=2, num_layers=1, ffn_dim=32, dropout=0.1)
 
@@ -58,13 +60,7 @@ def test_a_few_steps_lower_the_loss(name):
     batch = _batch(32, seed=1)
     target = batch["audio"][:, 0, :2].sum(-1)  # a function of the inputs
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(30):
-        optimizer.zero_grad()
-        loss = F.l1_loss(model(batch).score, target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(optimizer, lambda: F.l1_loss(model(batch).score, target), 30)
     assert losses[-1] < 0.7 * losses[0]
 
 

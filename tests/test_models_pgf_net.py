@@ -8,6 +8,8 @@ from gpfuse.encoders.text import load_text_backbone, tokenize
 from gpfuse.fusion import build_fusion
 from gpfuse.models import create_model
 
+from conftest import train_losses
+
 DIMS = {"audio": 6, "vision": 5}
 
 
@@ -174,11 +176,5 @@ def test_a_few_steps_lower_the_loss():
     net = create_model("pgf_net", input_dims=DIMS, fusion_heads=4, dropout=0.0)
     batch = _batch()
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=3e-3)
-    losses = []
-    for _ in range(12):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.l1_loss(net(batch).score, batch["label"])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_losses(optimizer, lambda: torch.nn.functional.l1_loss(net(batch).score, batch["label"]), 12)
     assert losses[-1] < 0.5 * losses[0]
