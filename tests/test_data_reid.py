@@ -299,6 +299,22 @@ def test_random_identity_sampler():
         RandomIdentitySampler(pids, batch_size=16, num_instances=2)
 
 
+def test_random_identity_sampler_shares_whole_batches_between_processes():
+    pids = [p for p in range(12) for _ in range(3 + p % 3)]
+    whole = list(RandomIdentitySampler(pids, 6, 2, seed=5))
+    shares = [RandomIdentitySampler(pids, 6, 2, seed=5, num_replicas=3, rank=r) for r in range(3)]
+    assert isinstance(shares[0], torch.utils.data.DistributedSampler)  # Lightning leaves it in place under DDP
+    lists = [list(s) for s in shares]
+    assert len({len(x) for x in lists}) == 1 and len(lists[0]) % 6 == 0 and len(lists[0]) == len(shares[0])
+    batches = [whole[b:b + 6] for b in range(0, len(whole), 6)]
+    for rank, mine in enumerate(lists):
+        assert [mine[b:b + 6] for b in range(0, len(mine), 6)] == batches[rank::3][:len(mine) // 6]
+        for b in range(0, len(mine), 6):  # each process's batches stay P x K
+            assert set(Counter(pids[i] for i in mine[b:b + 6]).values()) == {2}
+    with pytest.raises(ValueError, match="rank"):
+        RandomIdentitySampler(pids, 6, 2, num_replicas=2, rank=2)
+
+
 # --------------------------------------------------------------------------------------------- transforms, dataset
 def test_transform_normalisation_by_hand():
     image = Image.new("RGB", (40, 30), (128, 64, 255))

@@ -196,3 +196,28 @@ def test_uncertainty_weighting_formula():
     assert weighting.log_vars.grad is not None
     with pytest.raises(ValueError, match="expected 2 losses"):
         weighting(losses[:1])
+
+
+def test_instance_norms_normalise_in_fp32_under_autocast():
+    """A bf16 instance norm of a 2-voxel channel gives 0 where +-1 is right (and NaN gradients in training)."""
+    net = create_model("bipvl_seg", **{**SMALL, "text": False, "alignment": False})
+    norm = next(m for m in net.modules() if isinstance(m, torch.nn.InstanceNorm3d))
+    x = torch.tensor([3.0, 3.02]).reshape(1, 1, 1, 2, 1).expand(1, norm.num_features, 1, 2, 1).bfloat16()
+    exact = torch.nn.functional.instance_norm(x.float())  # about -+0.96 (eps 1e-5)
+    plain = torch.nn.functional.instance_norm(x)
+    assert not torch.allclose(plain.float(), exact, atol=0.1)  # the failure being guarded against
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = norm(x)
+    assert out.dtype == torch.float32 and torch.allclose(out, exact, atol=1e-6)
+    assert norm(x).dtype == torch.bfloat16  # outside autocast: untouched
+
+
+def test_3d_convolutions_run_in_fp32_under_cpu_autocast_only():
+    net = create_model("bipvl_seg", **{**SMALL, "text": False, "alignment": False})
+    conv = net.vision.decoder5.conv_block.conv1.conv
+    assert isinstance(conv, torch.nn.Conv3d) and set(conv.state_dict()) == {"weight"}
+    x = torch.randn(1, conv.in_channels, 2, 4, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.float32  # a plain Conv3d gives bfloat16 here
+        assert torch.nn.Conv3d(2, 2, 3)(torch.randn(1, 2, 4, 4, 4)).dtype == torch.bfloat16
+    assert torch.equal(conv(x), torch.nn.functional.conv3d(x, conv.weight, None, conv.stride, conv.padding))

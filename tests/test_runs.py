@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from gpfuse.cli import app
@@ -17,7 +19,7 @@ from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_pickles import write_mmsa_pickle
 from gpfuse.models.io import CheckpointMismatchError
 from gpfuse.tasks.plots import read_epoch_series
-from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
+from gpfuse.tasks.runner import _trainer, evaluate, predict, run_dir_for, train
 from gpfuse.tasks.sentiment_data import SentimentDataModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -226,3 +228,55 @@ def test_cli_converts_a_pickle_once_and_the_npz_feeds_the_data_module(tmp_path):
     bad.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
     result = CliRunner().invoke(app, ["convert", str(bad), str(tmp_path / "evil.npz")])
     assert result.exit_code == 2 and "os.system" in result.output and not (tmp_path / "evil.npz").exists()
+
+
+# ---- trainer settings for GPUs and clusters ---------------------------------------------------------
+
+class _NonDeterministicOp(L.LightningModule):
+    """One training step through ``Tensor.put_``, which has no deterministic implementation on CPU (as bilinear
+    and trilinear upsampling backward have none on CUDA)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def training_step(self, batch, batch_idx):
+        x = torch.zeros(3).put_(torch.tensor([0, 0]), self.w[:2].detach(), accumulate=False)
+        return (self.w * (x + batch[0])).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return DataLoader(TensorDataset(torch.ones(2, 3)), batch_size=1)
+
+
+@pytest.fixture
+def _restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def test_strict_determinism_is_opt_in(tmp_path, mosi_synth, cache, _restore_determinism):
+    default = _config(tmp_path, mosi_synth, cache, max_epochs=1)
+    with pytest.warns(UserWarning, match="put_ does not have a deterministic implementation"):
+        _trainer(default).fit(_NonDeterministicOp())  # seeds and deterministic kernels where they exist
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    strict = _config(tmp_path, mosi_synth, cache, max_epochs=1, deterministic=True)
+    with pytest.raises(RuntimeError, match="put_ does not have a deterministic implementation"):
+        _trainer(strict).fit(_NonDeterministicOp())
+
+
+def test_scale_out_keys_reach_the_trainer(tmp_path, mosi_synth, cache):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    cfg = _config(tmp_path, mosi_synth, cache, devices=2, strategy="ddp", num_nodes=1, sync_batchnorm=True,
+                  accumulate_grad_batches=4, precision="bf16-mixed", deterministic=False)
+    trainer = _trainer(cfg)
+    assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2
+    assert trainer.accumulate_grad_batches == 4 and trainer.precision == "bf16-mixed"
+    assert trainer.strategy._layer_sync is not None  # SyncBatchNorm conversion
+    single = _trainer(cfg, single_device=True)  # prediction: one process writes every output once
+    assert single.num_devices == 1 and not isinstance(single.strategy, DDPStrategy)
+    with pytest.raises(ConfigError, match="train.precision"):
+        _config(tmp_path, mosi_synth, cache, precision="half")

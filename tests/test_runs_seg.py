@@ -7,11 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gpfuse.config import ConfigError, validate_config
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.metrics.seg2d import PAPER_METRICS, TOOLBOX_METRICS
+from gpfuse.models import create_model
 from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
 
 
@@ -85,3 +87,20 @@ def test_config_errors_name_the_key(tmp_path, folders):
     with pytest.raises(ConfigError, match="model.channel"):
         validate_config({"name": "x", "data": {"source": "polyp_folders", "train": ["a"]},
                          "model": {"name": "ea_dk", "channel": 32}}, "test")
+
+
+@pytest.mark.slow
+def test_channels_last_bf16_run_saves_reloads_and_evaluates_the_same(tmp_path, folders):
+    from gpfuse.tasks.runner import _task
+
+    train_folder, _ = folders
+    cfg = _config(tmp_path, train_folder, split="random", test_fraction=0.25)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
+        "max_epochs": 1, "precision": "bf16-mixed", "channels_last": True})})
+    task = _task(cfg, create_model("ea_dk", **cfg.model_options()))
+    convs = [m.weight for m in task.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    metrics = train(cfg)
+    again = evaluate(run_dir_for(cfg))  # the saved (contiguous) weights, laid out channels_last again
+    for key, value in metrics["test"].items():
+        assert again["test"][key] == pytest.approx(value, abs=1e-6), key

@@ -60,16 +60,20 @@ def train(config: Path = typer.Argument(..., help="YAML run config"),
           folds: Optional[str] = typer.Option(None, help="comma-separated data.fold values (CV folds, random splits)"),
           resume: bool = typer.Option(False, help="continue the run(s) from checkpoints/last.ckpt")) -> None:
     """Train CONFIG (one run per seed and fold); prints the metrics, mean ± std over runs."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from gpfuse.config import load_config
-    from gpfuse.tasks.runner import train_seeds
+    from gpfuse.tasks.runner import is_main_process, train_seeds
 
     try:
         cfg = load_config(config, set_)
         fold_list = _seeds(folds, 0) if folds else None
         summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv),
                               folds=fold_list)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as err:
-        _fail(err)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, MisconfigurationException) as err:
+        _fail(err)  # MisconfigurationException: Lightning refuses train.* settings (e.g. 2 GPUs asked, 1 present)
+    if not is_main_process():
+        return
     rows = {k: summary[k] for k in ("valid", "test")}
     runs = len(summary["seeds"]) * len(summary.get("folds", [None]))
     if runs == 1:
@@ -80,14 +84,21 @@ def train(config: Path = typer.Argument(..., help="YAML run config"),
 
 
 @app.command("eval")
-def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)")) -> None:
-    """Re-evaluate a run's saved model on its valid and test splits."""
-    from gpfuse.tasks.runner import evaluate
+def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)"),
+          set_: list[str] = typer.Option([], "--set", help="where it runs, e.g. --set train.devices=2 --set "
+                                         "train.strategy=ddp (train.accelerator, devices, strategy, num_nodes, "
+                                         "data.num_workers)")) -> None:
+    """Re-evaluate a run's saved model on its valid and test splits (on several processes with --set)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from gpfuse.tasks.runner import evaluate, is_main_process
 
     try:
-        metrics = evaluate(run_dir)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+        metrics = evaluate(run_dir, set_)
+    except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
         _fail(err)
+    if not is_main_process():
+        return
     console.print(_table(str(run_dir), {k: metrics[k] for k in ("valid", "test")}))
     for figure in metrics["figures"]:
         console.print(f"wrote {figure}")
@@ -117,7 +128,8 @@ def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the ru
         path = run_predict(run_dir, data, out)
     except (ValueError, KeyError, FileNotFoundError) as err:
         _fail(err)
-    console.print(f"predictions written to {path}")
+    if path is not None:
+        console.print(f"predictions written to {path}")
 
 
 @app.command()
@@ -230,54 +242,20 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
     import time
 
     from gpfuse.config import load_config
+    from gpfuse.tasks.demo_data import with_demo_data
     from gpfuse.tasks.runner import run_dir_for, train as run_train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for path in configs:
         cfg = load_config(path)
         cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
-        if cfg.data.source == "polyp_folders":
-            cfg = _synthetic_polyps_if_missing(cfg, Path(cfg.output_dir) / "demo_data" / "polyp")
-        if cfg.data.source == "decathlon":
-            cfg = _synthetic_volumes_if_missing(cfg, Path(cfg.output_dir) / "demo_data" / "decathlon")
+        cfg = with_demo_data(cfg, Path(cfg.output_dir) / "demo_data")
         root = Path(cfg.data.root if hasattr(cfg.data, "root") else cfg.data.train[0])
-        if cfg.data.source == "mosi" and not (root / "labels.csv").is_file():
-            console.print(f"[yellow]CMU-MOSI not found at {root}: the demo uses SYNTHETIC data in the same layout[/]")
-        if cfg.data.source == "colo_pair" and not root.is_dir():
-            from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
-
-            console.print(f"[yellow]writing a SYNTHETIC Colo-Pair folder to {root} (the real one is on request)[/]")
-            write_synthetic_colo_pair(root, n_videos=16, frames_per_view=3, size=96)
         metrics = run_train(cfg, command=shlex.join(sys.argv))
         console.print(_table(f"{cfg.model['name']} on {root} (best epoch {metrics['best_epoch']})",
                              {k: metrics[k] for k in ("valid", "test")}))
         console.print(f"parameters: {metrics['parameters']}")
         console.print(f"run folder: {run_dir_for(cfg)}")
-
-
-def _synthetic_volumes_if_missing(cfg, folder: Path):
-    """The demo config, with a generated Decathlon folder (and its class descriptions) in place of absent data."""
-    if (Path(cfg.data.root) / "dataset.json").is_file():
-        return cfg
-    from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
-
-    console.print(f"[yellow]MSD Hippocampus not found: the demo uses SYNTHETIC volumes in {folder}[/]")
-    root = write_synthetic_decathlon(folder, n_cases=10, shape=(32, 64, 32), num_classes=3)
-    data = cfg.data.model_copy(update={"root": str(root), "descriptions": str(root / "descriptions.csv")})
-    return cfg.model_copy(update={"data": data})
-
-
-def _synthetic_polyps_if_missing(cfg, folder: Path):
-    """The demo config, with generated polyp folders in place of absent shared data."""
-    if all(Path(f).is_dir() for f in [*cfg.data.train, *cfg.data.test.values()]):
-        return cfg
-    from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
-
-    console.print(f"[yellow]Kvasir-SEG / CVC-ClinicDB not found: the demo uses SYNTHETIC polyps in {folder}[/]")
-    train = write_synthetic_polyp_folder(folder / "train", n_images=48, size=96, seed=0)
-    test = write_synthetic_polyp_folder(folder / "test", n_images=16, size=96, seed=1)
-    data = cfg.data.model_copy(update={"train": [str(train)], "val": [], "test": {"synthetic": str(test)}})
-    return cfg.model_copy(update={"data": data})
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from gpfuse.models import MODELS
 
@@ -103,14 +103,16 @@ class VolumeDataConfig(_Strict):
     """Decathlon-layout volumes (``dataset.json`` + NIfTI) with a class-description CSV, for 3D segmentation.
 
     ``val_cases`` (model selection) and ``test_cases`` (reported once) are carved from the training list with
-    the run's seed and written to the run folder; with ``test_cases: 0`` the test loader is the validation set.
+    the run's seed and written to the run folder. ``test_cases: 0`` is refused unless ``test_is_validation:
+    true`` says that the figures reported as test are knowingly those of the checkpoint-selection split.
     """
 
     source: Literal["decathlon"]
     root: str
     descriptions: str = Field(description="class-description CSV, or a shipped one: amos22, msd_brain, msd_hippocampus")
     val_cases: int = Field(20, ge=1)
-    test_cases: int = Field(0, ge=0)
+    test_cases: int = Field(20, ge=0)
+    test_is_validation: bool = Field(False, description="with test_cases 0: report the validation split as test")
     subset: int | None = Field(None, ge=1, description="train on at most this many cases (seeded): CPU budgets")
     roi_size: tuple[int, int, int] = (96, 96, 96)
     pixdim: tuple[float, float, float] | None = None
@@ -128,6 +130,16 @@ class VolumeDataConfig(_Strict):
     cache_rate: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(0, ge=0)
     on_bad_file: Literal["raise", "skip"] = "raise"
+
+    @model_validator(mode="after")
+    def _test_split_is_not_the_validation_split(self) -> VolumeDataConfig:
+        if self.test_cases == 0 and not self.test_is_validation:
+            raise ValueError("test_cases is 0, so the figures reported as test would be the validation split that "
+                             "selects the checkpoint: give test_cases >= 1, or set test_is_validation: true to "
+                             "report the validation split as test knowingly")
+        if self.test_cases > 0 and self.test_is_validation:
+            raise ValueError(f"test_is_validation: true needs test_cases: 0, got test_cases: {self.test_cases}")
+        return self
 
 
 DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig, SegDataConfig, VolumeDataConfig],
@@ -161,10 +173,18 @@ class TrainConfig(_Strict):
     id_weight: float = Field(1.0, ge=0)
     triplet_weight: float = Field(1.0, ge=0)
     seed: int = 1111
-    deterministic: bool = True
+    deterministic: bool | Literal["warn"] = Field(
+        "warn", description="warn: deterministic algorithms where PyTorch has them, a warning (not an error) "
+        "for an operation without one (several CUDA kernels); true: strict, an error there; false: fastest")
     accelerator: str = "auto"
-    devices: int | str = "auto"
-    precision: str = "32-true"
+    devices: int | str | list[int] = "auto"
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...")
+    num_nodes: int = Field(1, ge=1)
+    sync_batchnorm: bool = False
+    accumulate_grad_batches: int = Field(1, ge=1)
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"] = "32-true"
+    channels_last: bool = Field(False, description="convolutional models: weights in channels_last memory layout "
+                                "(faster on CPUs with oneDNN and on tensor-core GPUs; same results)")
     monitor: str = "valid/MAE"
     monitor_mode: Literal["min", "max"] = "min"
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD, check_image, read_image
 
@@ -224,7 +224,7 @@ class ReIDImageDataset(Dataset):
         return out
 
 
-class RandomIdentitySampler(Sampler[int]):
+class RandomIdentitySampler(DistributedSampler):
     """torchreid's P x K sampler: each run of ``batch_size`` indices holds ``P = batch_size // num_instances``
     identities with ``K = num_instances`` images each (drawn with replacement for identities with fewer than
     K images; leftovers beyond a multiple of K are dropped for the epoch).
@@ -232,9 +232,20 @@ class RandomIdentitySampler(Sampler[int]):
     Use with ``DataLoader(batch_size=batch_size, sampler=sampler)``. The order depends only on ``seed`` and
     the epoch given to :meth:`set_epoch` (Lightning calls it each epoch); ``len`` is the exact number of
     indices this epoch yields (a multiple of ``batch_size``).
+
+    Several processes (``num_replicas`` > 1): every process draws the same epoch and takes whole P x K
+    batches of it in turn (process ``rank`` the batches ``rank, rank + num_replicas, ...``, all processes
+    the same number), as fast-reid's identity samplers do; so ``batch_size`` is per process. It subclasses
+    ``DistributedSampler`` only so that Lightning leaves it in place instead of striding its indices (which
+    would split each identity's K images over the processes); none of that class's logic is used.
     """
 
-    def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0) -> None:
+    def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
+        Sampler.__init__(self)
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}")
+        self.num_replicas, self.rank = num_replicas, rank
         if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
             raise ValueError(f"batch_size must be a positive multiple of num_instances, got batch_size={batch_size}, "
                              f"num_instances={num_instances}")
@@ -279,8 +290,17 @@ class RandomIdentitySampler(Sampler[int]):
         self._cache = (self.epoch, out)
         return out
 
+    def _mine(self) -> list[int]:
+        """This process's share of the epoch: whole batches, the same number on every process."""
+        indices, b = self._indices(), self.batch_size
+        if self.num_replicas == 1:
+            return indices
+        batches = len(indices) // b // self.num_replicas
+        return [i for k in range(batches) for i in indices[(k * self.num_replicas + self.rank) * b:
+                                                          (k * self.num_replicas + self.rank + 1) * b]]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(list(self._indices()))
+        return iter(self._mine())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return len(self._mine())

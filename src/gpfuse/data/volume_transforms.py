@@ -15,12 +15,18 @@ from typing import Sequence
 __all__ = ["volume_transforms"]
 
 
-def volume_transforms(roi_size: Sequence[int], train: bool, with_label: bool = True,
+LABELS = ("transformed", "original", "none")
+
+
+def volume_transforms(roi_size: Sequence[int], train: bool, label: str = "transformed",
                       pixdim: Sequence[float] | None = None, intensity: str = "mr",
                       ct_window: Sequence[float] = (-175.0, 250.0), crop_foreground: bool = True, samples: int = 2,
                       flip_axes: Sequence[int] = (0, 1, 2), flip_prob: float = 0.1):
-    """The ``monai.transforms.Compose`` for one split (``train`` or evaluation; ``with_label`` False for
-    prediction inputs). Keys: ``image`` (and ``label``).
+    """The ``monai.transforms.Compose`` for one split (``train`` or evaluation). Keys: ``image`` and ``label``.
+
+    ``label``: ``transformed`` goes through the same spatial transforms as the image (training);
+    ``original`` is the label file as stored, channel first, for scoring on its own grid after the prediction
+    is inverted (evaluation); ``none`` reads no label (prediction).
 
     ``flip_axes`` are the (RAS) axes along which the anatomy may be mirrored, each flipped with ``flip_prob``
     (0.1 as in MONAI's Swin UNETR tutorial); 90-degree rotations use only planes of two such axes with equal
@@ -31,9 +37,13 @@ def volume_transforms(roi_size: Sequence[int], train: bool, with_label: bool = T
 
     if intensity not in ("ct", "mr"):
         raise ValueError(f"intensity must be 'ct' or 'mr', got {intensity!r}")
-    keys = ["image", "label"] if with_label else ["image"]
+    if label not in LABELS or (train and label != "transformed"):
+        raise ValueError(f"label must be one of {list(LABELS)} ('transformed' for training), got {label!r}")
+    keys = ["image", "label"] if label == "transformed" else ["image"]
     modes = ("bilinear", "nearest")[:len(keys)]
-    steps = [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys), T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    steps = [T.LoadImaged(["label"], image_only=True), T.EnsureChannelFirstd(["label"])] if label == "original" else []
+    steps += [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys),
+              T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
     if pixdim is not None:
         steps.append(T.Spacingd(keys, pixdim=tuple(pixdim), mode=modes))
     if intensity == "ct":
@@ -53,5 +63,5 @@ def volume_transforms(roi_size: Sequence[int], train: bool, with_label: bool = T
         steps += [T.RandRotate90d(keys, prob=flip_prob, max_k=3, spatial_axes=p) for p in planes]
         steps += [T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
                   T.RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
-    steps.append(T.EnsureTyped(keys, track_meta=True))
+    steps.append(T.EnsureTyped(["image", "label"] if label != "none" else ["image"], track_meta=True))
     return T.Compose(steps)

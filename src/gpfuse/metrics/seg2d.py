@@ -42,10 +42,14 @@ from py_sod_metrics import MAE, DICEHandler, Emeasure, FmeasureV2, IOUHandler, S
 
 from gpfuse.metrics.arrays import as_numeric_array
 
-__all__ = ["PAPER_METRICS", "TOOLBOX_METRICS", "PolypEvaluator"]
+__all__ = ["PAPER_METRICS", "TOOLBOX_METRICS", "RECORD_SIZE", "PolypEvaluator", "polyp_scores"]
 
 PAPER_METRICS = ("Dice", "IoU", "Precision", "Recall")
 TOOLBOX_METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
+#: one image's record: Dice, IoU, Precision, Recall (paper), Sm, wFm, MAE, then the 256-threshold E-measure,
+#: Dice and IoU curves (toolbox); every metric is a mean over images of these records
+RECORD_SIZE = 4 + 3 + 3 * 256
+_EM, _DICE, _IOU = (slice(7 + k * 256, 7 + (k + 1) * 256) for k in range(3))
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -173,7 +177,7 @@ class PolypEvaluator:
 
     def reset(self) -> None:
         """Forget every image added so far."""
-        self._paper: list[tuple[float, float, float, float]] = []
+        self._records: list[np.ndarray] = []
         self._sm = _ToolboxSmeasure(alpha=0.5)
         self._wfm = WeightedFmeasure(beta=1)
         self._mae = MAE()
@@ -184,7 +188,13 @@ class PolypEvaluator:
     @property
     def num_images(self) -> int:
         """Number of images added since the last ``reset``."""
-        return len(self._paper)
+        return len(self._records)
+
+    @property
+    def records(self) -> np.ndarray:
+        """(N, RECORD_SIZE) float64 per-image records, in the order added (:func:`polyp_scores` turns any
+        set of them, e.g. gathered from several processes, into the metrics)."""
+        return np.stack(self._records) if self._records else np.zeros((0, RECORD_SIZE))
 
     def update(self, pred: Any, gt: Any) -> None:
         """Add one image.
@@ -218,8 +228,8 @@ class PolypEvaluator:
             self._add(prob[i], levels[i], mask[i])
 
     def _add(self, prob: np.ndarray, levels: np.ndarray, gt: np.ndarray) -> None:
-        """One validated image: probabilities (paper), 8-bit levels (toolbox), boolean mask."""
-        self._paper.append(_paper_scores(prob >= self.threshold, gt))
+        """One validated image: probabilities (paper), 8-bit levels (toolbox), boolean mask -> one record."""
+        paper = _paper_scores(prob >= self.threshold, gt)
         lo, hi = int(levels.min()), int(levels.max())
         if hi > lo:  # mapminmax; thresholds s >= k/255 <=> 255 (u - lo) >= k (hi - lo), exactly
             shifted = levels - lo
@@ -229,11 +239,18 @@ class PolypEvaluator:
             stretched, quantized = levels / 255.0, levels
         # q / 255 * 255 == q exactly for q in 0..255, so pysodmetrics' floor(x * 255) recovers the level.
         on_levels = quantized / 255.0
+        # pysodmetrics' accumulators each append one value (or curve) per step: take it back as this image's
         self._sm.step(stretched, gt, normalize=False)
         self._wfm.step(stretched, gt, normalize=False)
         self._mae.step(stretched, gt, normalize=False)
         self._em.step(on_levels, gt, normalize=False)
         self._fm.step(on_levels, gt, normalize=False)
+        handlers = self._fm._metric_handlers
+        self._em.adaptive_ems.pop()
+        self._records.append(np.concatenate([
+            paper, [self._sm.sms.pop(), self._wfm.weighted_fms.pop(), self._mae.maes.pop()],
+            self._em.changeable_ems.pop(), handlers["dice"].dynamic_results.pop(),
+            handlers["iou"].dynamic_results.pop()]).astype(np.float64))
 
     def compute(self) -> dict[str, float]:
         """Means over the images added: ``PAPER_METRICS`` then ``TOOLBOX_METRICS`` keys, Python floats.
@@ -241,18 +258,26 @@ class PolypEvaluator:
         Raises:
             ValueError: no image was added.
         """
-        if not self._paper:
+        if not self._records:
             raise ValueError("no image was added: call update() or update_batch() before compute()")
-        out = dict(zip(PAPER_METRICS, (float(v) for v in np.mean(np.asarray(self._paper), axis=0))))
-        curves = self._fm.get_results()
-        em_curve = self._em.get_results()["em"]["curve"]
-        out.update(
-            mDice=float(np.mean(curves["dice"]["dynamic"])),
-            mIoU=float(np.mean(curves["iou"]["dynamic"])),
-            wFm=float(self._wfm.get_results()["wfm"]),
-            Sm=float(self._sm.get_results()["sm"]),
-            meanEm=float(np.mean(em_curve)),
-            maxEm=float(np.max(em_curve)),
-            MAE=float(self._mae.get_results()["mae"]),
-        )
-        return out
+        return polyp_scores(self.records)
+
+
+def polyp_scores(records: np.ndarray) -> dict[str, float]:
+    """The paper and toolbox metrics (module doc) of (N, RECORD_SIZE) per-image records: means over images,
+    the toolbox's curves averaged over images before the mean or max over thresholds."""
+    records = np.asarray(records, dtype=np.float64)
+    if records.ndim != 2 or records.shape[1] != RECORD_SIZE or not len(records):
+        raise ValueError(f"records must have shape (N >= 1, {RECORD_SIZE}), got {records.shape}")
+    means = records.mean(axis=0)
+    out = dict(zip(PAPER_METRICS, (float(v) for v in means[:4])))
+    out.update(
+        mDice=float(np.mean(means[_DICE])),
+        mIoU=float(np.mean(means[_IOU])),
+        wFm=float(means[5]),
+        Sm=float(means[4]),
+        meanEm=float(np.mean(means[_EM])),
+        maxEm=float(np.max(means[_EM])),
+        MAE=float(means[6]),
+    )
+    return out

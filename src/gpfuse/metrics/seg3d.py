@@ -133,7 +133,8 @@ def volume_metrics(pred: Any, label: Any, num_classes: int, spacing: Sequence[fl
     from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice  # heavy import
 
     y_pred, y = _one_hot(p, num_classes), _one_hot(g, num_classes)
-    with warnings.catch_warnings():
+    # full precision even when called inside a mixed-precision region (MONAI's surface code convolves)
+    with warnings.catch_warnings(), torch.autocast("cpu", enabled=False):
         warnings.filterwarnings("ignore", message=_EMPTY_WARNING)
         warnings.filterwarnings("ignore", message=_MONAI_INTERNAL_WARNING, category=FutureWarning)
         dice = compute_dice(y_pred, y, include_background=False, ignore_empty=False)[0]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from gpfuse.encoders.staged_text import StagedTextEncoder
 from gpfuse.encoders.text import tokenize
 from gpfuse.fusion import build_fusion
+from gpfuse.models.mixed_precision import cpu_conv3d_in_fp32, instance_norms_in_fp32
 
 __all__ = ["BiPVLSeg", "BiPVLSegOutput"]
 
@@ -77,6 +78,8 @@ class BiPVLSeg(nn.Module):
             raise ValueError("alignment needs the text branch: set text=True, or alignment=False for vision-only")
         self.vision = SwinUNETR(in_channels=in_channels, out_channels=num_classes, feature_size=feature_size,
                                 use_v2=use_v2)
+        instance_norms_in_fp32(self.vision)  # bf16 instance norms of tiny blocks are wrong
+        cpu_conv3d_in_fp32(self.vision)  # bf16 Conv3d backward on CPU gave NaN gradients (mixed_precision.py)
         widths = [feature_size * 2 ** (s + 1) for s in range(4)]  # Swin stage outputs: 2C, 4C, 8C, 16C
         self.text = self.bifusion = None
         if text:

@@ -26,7 +26,7 @@ def save_pretrained(model: nn.Module, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / WEIGHTS) as tmp:  # save_model stores weights shared across layers once
-        save_model(model, str(tmp), metadata={"gpfuse_model": config["name"]})
+        save_model(model, str(tmp), metadata={"gpfuse_model": config["name"]}, force_contiguous=True)  # channels_last
     atomic_write_text(folder / CONFIG, json.dumps(config, indent=2, sort_keys=True))
     return folder
 

@@ -177,18 +177,21 @@ def _class_names(config: RunConfig) -> list[str]:
 
 
 def _volume_figure(model: nn.Module, data: L.LightningDataModule, run_dir: Path) -> list[Path]:
-    """Mid slices of the first test volume: prediction and label."""
-    from gpfuse.tasks.segmentation3d import sliding_window_logits
-    from gpfuse.tasks.volume_outputs import save_mid_slices
+    """Mid slices of the first test volume on its file's grid: prediction and label."""
+    from monai.data import list_data_collate
+
+    from gpfuse.tasks.segmentation3d import original_grid_labels
+    from gpfuse.tasks.volume_outputs import original_image, save_mid_slices
 
     d = data.config
-    sample = data._dataset("test")[0]
+    dataset = data._dataset("test")
+    batch = list_data_collate([dataset[0]])
+    batch["image"] = batch["image"].to(next(model.parameters()).device)
     model.eval()
-    with torch.no_grad():
-        logits = sliding_window_logits(model, sample["image"][None], d.roi_size, d.sw_batch_size, d.overlap_test)
-    image = sample["image"][0].numpy()
-    return [save_mid_slices(image, logits.argmax(1)[0].numpy(), run_dir / "prediction_slices.png",
-                            label=sample["label"][0].numpy(), title=data.cases["test"][0].name)]
+    pred = original_grid_labels(model, batch, dataset.transform, d.roi_size, d.sw_batch_size, d.overlap_test)
+    case = data.cases["test"][0]
+    return [save_mid_slices(original_image(case.image), pred.cpu().numpy(), run_dir / "prediction_slices.png",
+                            label=batch["label"][0, 0].numpy(), title=case.name)]
 
 
 def _predict_volumes(trainer: L.Trainer, task: L.LightningModule, data: L.LightningDataModule, out: Path) -> Path:

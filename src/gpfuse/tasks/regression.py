@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from gpfuse.metrics.sentiment import mosi_regression_metrics
 from gpfuse.models.outputs import RegressionOutput
+from gpfuse.tasks.gather import SampleCollector, gate_moments, pooled_mean_std
 from gpfuse.tasks.schedules import warmup_cosine
 
 __all__ = ["RegressionTask"]
@@ -17,8 +18,8 @@ class RegressionTask(L.LightningModule):
     """Trains any model returning :class:`RegressionOutput` on ``batch["label"]``.
 
     Loss: ``loss(score, y) + aux_weight * loss(aux, y)`` (GRF's auxiliary regressor, weight 0.4).
-    Validation and test compute the MMSA metric suite over the whole split, and the mean/std of each
-    fusion step's gate (logged as ``gate/step{i}_mean``).
+    Validation and test compute the loss and the MMSA metric suite over the whole split (gathered from every
+    process, each utterance once), and the mean/std of each fusion step's gate (``gate/step{i}_mean``).
     """
 
     def __init__(self, model: nn.Module, loss: str = "l1", aux_weight: float = 0.4, lr: float = 1e-3,
@@ -30,7 +31,7 @@ class RegressionTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.criterion = F.l1_loss if loss == "l1" else F.mse_loss
-        self._outputs: list[tuple[Tensor, Tensor, list[Tensor | None]]] = []
+        self._collector: SampleCollector | None = None
 
     def forward(self, batch: dict[str, Tensor]) -> RegressionOutput:
         return self.model(batch)
@@ -43,42 +44,46 @@ class RegressionTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(self(batch), batch["label"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]),
+                 sync_dist=True)
         return loss
 
-    def _eval_step(self, batch: dict[str, Tensor], stage: str) -> None:
+    def _eval_step(self, batch: dict[str, Tensor]) -> None:
         out = self(batch)
-        self.log(f"{stage}/loss", self._loss(out, batch["label"]), on_epoch=True, batch_size=len(batch["label"]))
-        self._outputs.append((out.score.detach(), batch["label"], [g if g is None else g.detach() for g in out.gates]))
+        values = {"score": out.score.float(), "label": batch["label"].float()}
+        if out.aux is not None:
+            values["aux"] = out.aux.float()
+        values.update({f"gate{i}": gate_moments(g) for i, g in enumerate(out.gates) if g is not None})
+        if self._collector is None:
+            self._collector = SampleCollector(values).to(self.device)
+        self._collector.update(batch["index"], **values)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        preds = torch.cat([o[0] for o in self._outputs]).float().cpu()
-        labels = torch.cat([o[1] for o in self._outputs]).float().cpu()
-        for key, value in mosi_regression_metrics(preds, labels).items():
+        whole = {k: v.cpu() for k, v in self._collector.compute().items()}
+        self._collector = None
+        aux = whole.get("aux")
+        self.log(f"{stage}/loss", self._loss(RegressionOutput(whole["score"], aux), whole["label"]))
+        for key, value in mosi_regression_metrics(whole["score"], whole["label"]).items():
             self.log(f"{stage}/{key}", value, prog_bar=key == "MAE")
-        steps = len(self._outputs[0][2])
-        for i in range(steps):
-            gates = [o[2][i] for o in self._outputs if o[2][i] is not None]
-            if gates:
-                g = torch.cat([x.reshape(-1) for x in gates])
-                self.log(f"gate/step{i}_mean", g.mean())
-                self.log(f"gate/step{i}_std", g.std())
-        self._outputs.clear()
+        for key in sorted(k for k in whole if k.startswith("gate")):
+            mean, std = pooled_mean_std(whole[key])
+            self.log(f"gate/{key.replace('gate', 'step')}_mean", mean)
+            self.log(f"gate/{key.replace('gate', 'step')}_std", std)
 
     def on_validation_epoch_start(self) -> None:
-        self._outputs.clear()
+        self._collector = None
 
     def on_test_epoch_start(self) -> None:
-        self._outputs.clear()
+        self._collector = None
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "valid")
+        self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("valid")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+        self._eval_step(batch)
 
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")

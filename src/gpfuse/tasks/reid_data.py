@@ -119,7 +119,10 @@ class ReIDDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         c, dataset = self.config, self.datasets["train"]
-        sampler = RandomIdentitySampler(dataset.pids, c.batch_size, c.num_instances, seed=self.seed)
+        trainer = self.trainer  # set when Lightning runs this module; its processes share out the P x K batches
+        sampler = RandomIdentitySampler(dataset.pids, c.batch_size, c.num_instances, seed=self.seed,
+                                        num_replicas=trainer.world_size if trainer else 1,
+                                        rank=trainer.global_rank if trainer else 0)
         return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers,
                           collate_fn=self.collate, drop_last=True, persistent_workers=c.num_workers > 0)
 

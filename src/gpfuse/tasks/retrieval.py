@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from gpfuse.losses import batch_hard_triplet_loss
 from gpfuse.metrics.reid import evaluate_features, evaluate_rank, re_ranking
+from gpfuse.tasks.gather import SampleCollector, gate_moments, pooled_mean_std
 from gpfuse.tasks.schedules import warmup_cosine
 
 __all__ = ["RetrievalTask", "PROTOCOLS"]
@@ -26,6 +27,7 @@ class RetrievalTask(L.LightningModule):
     rank10,mINP}``; ``{stage}/mAP`` is the ``select_protocol`` figure that checkpoints are chosen on.
     ``ap="trapezoid"`` switches to the old trapezoid AP of the GPF-Net code; ``rerank`` adds the
     ``own+rerank`` figures (k-reciprocal re-ranking, Zhong et al. 2017, on the own-protocol embeddings).
+    Query and gallery are gathered from every process (each image once) before anything is ranked.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-4, lr_backbone: float | None = 1e-5,
@@ -40,7 +42,7 @@ class RetrievalTask(L.LightningModule):
                              f"({select_protocol!r}), got {list(protocols)}")
         self.save_hyperparameters(ignore=["model"])
         self.model = model
-        self._eval: list[dict[str, list]] = [{}, {}]
+        self._eval: list[SampleCollector | None] = [None, None]
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch)
@@ -53,31 +55,28 @@ class RetrievalTask(L.LightningModule):
         loss = hp.id_weight * id_loss + hp.triplet_weight * triplet
         n = len(batch["pid"])
         self.log_dict({"train/loss": loss, "train/id_loss": id_loss, "train/triplet": triplet}, on_step=False,
-                      on_epoch=True, prog_bar=False, batch_size=n)
+                      on_epoch=True, prog_bar=False, batch_size=n, sync_dist=True)
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------
     def _collect(self, batch: dict[str, Tensor], dataloader_idx: int) -> None:
         out = self(batch)
-        store = self._eval[dataloader_idx]
-        store.setdefault("embedding", []).append(out.embedding.float())
-        store.setdefault("pid", []).append(batch["pid"])
-        store.setdefault("camid", []).append(batch["camid"])
-        for i, gate in enumerate(out.gates):
-            store.setdefault(f"gate{i}", []).append(gate.float())
+        values = {"embedding": out.embedding.float(), "pid": batch["pid"], "camid": batch["camid"]}
+        values.update({f"gate{i}": gate_moments(gate) for i, gate in enumerate(out.gates)})
         if "query" in self.hparams.protocols and "text_ids" in batch and hasattr(out, "image"):
-            store.setdefault("image", []).append(out.image)
-            store.setdefault("text_ids", []).append(batch["text_ids"])
-            store.setdefault("text_mask", []).append(batch["text_mask"])
+            values.update(image=out.image.float(), text_ids=batch["text_ids"], text_mask=batch["text_mask"].long())
+        if self._eval[dataloader_idx] is None:
+            self._eval[dataloader_idx] = SampleCollector(values).to(self.device)
+        self._eval[dataloader_idx].update(batch["index"], **values)
 
     def _query_protocol_distances(self, query: dict[str, Tensor], gallery: dict[str, Tensor]) -> Tensor:
         """Distances (Nq, Ng) with the gallery embedded under each query's report (one pass per report)."""
         distances = torch.empty(len(query["pid"]), len(gallery["pid"]), device=self.device)
-        reports = torch.cat([query["text_ids"], query["text_mask"].long()], dim=1)
+        reports = torch.cat([query["text_ids"], query["text_mask"]], dim=1)
         unique, inverse = torch.unique(reports, dim=0, return_inverse=True)
         for r in range(len(unique)):
             rows = (inverse == r).nonzero().squeeze(1)
-            ids, mask = query["text_ids"][rows[:1]], query["text_mask"][rows[:1]]
+            ids, mask = query["text_ids"][rows[:1]], query["text_mask"][rows[:1]].bool()
             text = self.model.text_tokens(ids, mask)
             chunks = []
             for start in range(0, len(gallery["pid"]), 256):
@@ -93,10 +92,11 @@ class RetrievalTask(L.LightningModule):
         return distances
 
     def _evaluate(self, stage: str) -> None:
-        query, gallery = ({k: torch.cat(v) for k, v in store.items()} for store in self._eval)
-        self._eval = [{}, {}]
-        if not query or not gallery:
+        if any(collector is None for collector in self._eval):  # (`None in` would call Metric.__eq__)
+            self._eval = [None, None]
             return
+        query, gallery = (collector.compute() for collector in self._eval)
+        self._eval = [None, None]
         args = (query["pid"].cpu().numpy(), gallery["pid"].cpu().numpy(), query["camid"].cpu().numpy(),
                 gallery["camid"].cpu().numpy())
         max_rank = min(50, len(gallery["pid"]))
@@ -119,12 +119,12 @@ class RetrievalTask(L.LightningModule):
         selected = results.get(self.hparams.select_protocol, results["own"])
         self.log(f"{stage}/mAP", float(selected[1]), prog_bar=True)
         for key in sorted(k for k in query if k.startswith("gate")):
-            g = torch.cat([query[key], gallery[key]])
-            self.log(f"gate/{key.replace('gate', 'step')}_mean", g.mean())
-            self.log(f"gate/{key.replace('gate', 'step')}_std", g.std())
+            mean, std = pooled_mean_std(torch.cat([query[key], gallery[key]]))
+            self.log(f"gate/{key.replace('gate', 'step')}_mean", mean)
+            self.log(f"gate/{key.replace('gate', 'step')}_std", std)
 
     def on_validation_epoch_start(self) -> None:
-        self._eval = [{}, {}]
+        self._eval = [None, None]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch, dataloader_idx)
@@ -133,7 +133,7 @@ class RetrievalTask(L.LightningModule):
         self._evaluate("valid")
 
     def on_test_epoch_start(self) -> None:
-        self._eval = [{}, {}]
+        self._eval = [None, None]
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._collect(batch, dataloader_idx)

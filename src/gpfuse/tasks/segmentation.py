@@ -8,7 +8,8 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gpfuse.metrics.seg2d import PolypEvaluator
+from gpfuse.metrics.seg2d import PolypEvaluator, polyp_scores
+from gpfuse.tasks.gather import SampleCollector
 from gpfuse.tasks.schedules import build_optimizer, lr_lambda
 
 __all__ = ["SegmentationTask", "full_size_probabilities"]
@@ -28,7 +29,8 @@ class SegmentationTask(L.LightningModule):
     Validation and test score the full-size prediction of each image against its mask file at the mask's own
     resolution with :class:`~gpfuse.metrics.seg2d.PolypEvaluator` and log ``{stage}/{metric}`` (paper style:
     Dice, IoU, Precision, Recall at ``threshold``; PraNet toolbox: mDice, mIoU, wFm, Sm, meanEm, maxEm, MAE);
-    each named test set logs ``test/{name}/{metric}``. Gates: ``gate/step{i}_kernel`` and ``_region`` means.
+    each named test set logs ``test/{name}/{metric}``. Per-image records are gathered from every process (each
+    image once) before the means. Gates: ``gate/step{i}_kernel`` and ``_region`` means.
     """
 
     def __init__(self, model: nn.Module, optimizer: str = "sgd", lr: float = 4e-4, momentum: float = 0.9,
@@ -39,34 +41,39 @@ class SegmentationTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self.loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True), weight_mode="same")
-        self._evaluators: list[PolypEvaluator] = []
-        self._gates: list[list[Tensor]] = []
+        self._collectors: list[SampleCollector] = []
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch).stages, batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]),
+                 sync_dist=True)
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------
     def _start(self, count: int) -> None:
-        self._evaluators = [PolypEvaluator(self.hparams.threshold) for _ in range(count)]
-        self._gates = []
+        self._collectors = [SampleCollector(["record", "gates"]).to(self.device) for _ in range(count)]
 
     def _score(self, batch: dict, dataloader_idx: int) -> None:
         out = self(batch)
+        evaluator = PolypEvaluator(self.hparams.threshold)
         for prob, mask in zip(full_size_probabilities(out.logits, batch["size"]), batch["mask_full"]):
-            self._evaluators[dataloader_idx].update(prob.cpu().numpy(), mask.cpu().numpy())
-        if out.gates:
-            self._gates.append([g.float().mean(0) for g in out.gates])  # (2, C) per kernel update
+            evaluator.update(prob.cpu().numpy(), mask.cpu().numpy())
+        # per image: the mean kept-kernel and taken-region gate of each kernel update, (B, steps, 2)
+        gates = torch.stack([g.float().mean(2) for g in out.gates], 1) if out.gates else torch.zeros(len(out.logits), 0, 2)
+        self._collectors[dataloader_idx].update(batch["index"], record=torch.from_numpy(evaluator.records),
+                                                gates=gates.double())
 
-    def _log_gates(self) -> None:
-        for i in range(len(self._gates[0]) if self._gates else 0):
-            g = torch.stack([step[i] for step in self._gates]).mean(0)
-            self.log(f"gate/step{i}_kernel", g[0].mean())
-            self.log(f"gate/step{i}_region", g[1].mean())
+    def _log_whole(self, prefix: str, collector: SampleCollector, gates: bool) -> None:
+        whole = collector.compute()
+        for key, value in polyp_scores(whole["record"].cpu().numpy()).items():
+            self.log(f"{prefix}/{key}", value, prog_bar=key == "Dice" and prefix == "valid")
+        if gates:
+            for i, (kernel, region) in enumerate(whole["gates"].mean(0).tolist()):
+                self.log(f"gate/step{i}_kernel", kernel)
+                self.log(f"gate/step{i}_region", region)
 
     def on_validation_epoch_start(self) -> None:
         self._start(1)
@@ -75,9 +82,7 @@ class SegmentationTask(L.LightningModule):
         self._score(batch, 0)
 
     def on_validation_epoch_end(self) -> None:
-        for key, value in self._evaluators[0].compute().items():
-            self.log(f"valid/{key}", value, prog_bar=key == "Dice")
-        self._log_gates()
+        self._log_whole("valid", self._collectors[0], gates=True)
 
     def on_test_epoch_start(self) -> None:
         self._start(len(self.hparams.test_names))
@@ -86,10 +91,9 @@ class SegmentationTask(L.LightningModule):
         self._score(batch, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        for name, evaluator in zip(self.hparams.test_names, self._evaluators):
-            if evaluator.num_images:
-                for key, value in evaluator.compute().items():
-                    self.log(f"test/{name}/{key}", value)
+        for name, collector in zip(self.hparams.test_names, self._collectors):
+            if collector.update_count:
+                self._log_whole(f"test/{name}", collector, gates=False)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[Tensor]:
         return full_size_probabilities(self(batch).logits, batch["size"])

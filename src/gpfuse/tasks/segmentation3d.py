@@ -12,16 +12,20 @@ from torch.nn import functional as F
 
 from gpfuse.losses import UncertaintyWeighting, class_info_nce, concept_info_nce
 from gpfuse.metrics.seg3d import EMPTY_RULE, summarise_cases, volume_metrics
+from gpfuse.tasks.gather import SampleCollector
 from gpfuse.tasks.schedules import build_optimizer, lr_lambda
 
-__all__ = ["Segmentation3DTask", "sliding_window_logits", "voxel_spacing"]
+__all__ = ["Segmentation3DTask", "original_grid_labels", "sliding_window_logits", "voxel_spacing"]
 
 
-def voxel_spacing(image: Tensor) -> tuple[float, float, float]:
-    """Spacing in mm of the first volume of a MONAI batch, from its (transformed) affine's column norms."""
-    affine = torch.as_tensor(image.affine)
-    affine = affine[0] if affine.dim() == 3 else affine
-    return tuple(float(v) for v in torch.linalg.norm(affine[:3, :3].double(), dim=0))
+def _affine(volume: Tensor) -> Tensor:
+    affine = torch.as_tensor(volume.affine)
+    return (affine[0] if affine.dim() == 3 else affine).double().cpu()
+
+
+def voxel_spacing(volume: Tensor) -> tuple[float, float, float]:
+    """Spacing in mm of the first volume of a MONAI batch, from its affine's column norms."""
+    return tuple(float(v) for v in torch.linalg.norm(_affine(volume)[:3, :3], dim=0))  # type: ignore[return-value]
 
 
 def sliding_window_logits(model: nn.Module, image: Tensor, roi_size, sw_batch_size: int, overlap: float) -> Tensor:
@@ -32,6 +36,30 @@ def sliding_window_logits(model: nn.Module, image: Tensor, roi_size, sw_batch_si
                                     overlap=overlap, mode="gaussian")
 
 
+@torch.no_grad()
+def original_grid_labels(model: nn.Module, batch: dict[str, Tensor], transform, roi_size, sw_batch_size: int,
+                         overlap: float) -> Tensor:
+    """The (X, Y, Z) label map (a MetaTensor with the file's affine) of the first volume of a MONAI batch on
+    the grid of its file.
+
+    Sliding-window logits on the transformed (reoriented, resampled, cropped) image, softmax, then MONAI's
+    ``Invertd`` undoes ``transform`` (the dataset's, which recorded what it did in the image's
+    ``applied_operations``) on the class probabilities, bilinearly as in MONAI's tutorials, and the argmax
+    is taken on the file's grid: what a user scores a saved prediction against.
+    """
+    from monai.data import decollate_batch
+    from monai.transforms import Invertd
+
+    logits = sliding_window_logits(model, batch["image"], roi_size, sw_batch_size, overlap)
+    with torch.autocast(logits.device.type, enabled=False):  # resampling in fp32 under mixed precision too
+        item = decollate_batch({"image": batch["image"], "pred": torch.softmax(logits.float(), 1)})[0]
+        inverted = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False)(item)
+    from monai.data import MetaTensor
+
+    pred = inverted["pred"]
+    return MetaTensor(pred.as_tensor().argmax(0), affine=pred.affine)
+
+
 class Segmentation3DTask(L.LightningModule):
     """Trains a model returning :class:`~gpfuse.models.bipvl_seg.BiPVLSegOutput` on ``batch["label"]`` (B, 1, ...).
 
@@ -39,8 +67,10 @@ class Segmentation3DTask(L.LightningModule):
     class-embedding CE (targets: argmax of the segmentation logits resized to the bottleneck, detached) and the
     global + local InfoNCE (temperature, ``hard_negatives``), the three combined by learnable uncertainty weights
     (a single loss is used as is). Validation and test: sliding-window inference (``overlap_val`` /
-    ``overlap_test``), per-volume Dice / HD95 / NSD (2 mm) at each volume's voxel spacing, averaged over volumes,
-    logged as ``{stage}/mean_dice`` ... and ``{stage}/dice/<class>``; :data:`EMPTY_RULE` applies to empty structures.
+    ``overlap_test``), the prediction taken back to the grid of the label file (:func:`original_grid_labels`;
+    the loader's ``label`` is the file as stored), per-volume Dice / HD95 / NSD (2 mm) at the file's voxel
+    spacing, gathered from every process (each volume once) and averaged over volumes, logged as
+    ``{stage}/mean_dice`` ... and ``{stage}/dice/<class>``; :data:`EMPTY_RULE` applies to empty structures.
     """
 
     def __init__(self, model: nn.Module, class_names: tuple[str, ...], roi_size: tuple[int, int, int] = (96, 96, 96),
@@ -52,7 +82,7 @@ class Segmentation3DTask(L.LightningModule):
         self.model = model
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.weighting = UncertaintyWeighting(3) if getattr(model, "alignment", False) else None
-        self._cases: list[dict] = []
+        self._cases: SampleCollector | None = None
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch)
@@ -68,22 +98,42 @@ class Segmentation3DTask(L.LightningModule):
                 concept_info_nce(out.vision_classes, out.text_concepts, hp.temperature, hp.hard_negatives)
         loss = self.weighting(list(losses.values())) if self.weighting is not None else losses["seg"]
         n = len(label)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, on_step=False, on_epoch=True, batch_size=n,
+                      sync_dist=True)
         if self.weighting is not None:
-            self.log_dict({f"weight/{k}": w for k, w in zip(losses, self.weighting.weights)}, on_step=False, on_epoch=True)
+            self.log_dict({f"weight/{k}": w for k, w in zip(losses, self.weighting.weights)}, on_step=False,
+                          on_epoch=True, sync_dist=True)
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------
-    def _score(self, batch: dict[str, Tensor], overlap: float) -> None:
+    def _score(self, batch: dict[str, Tensor], stage: str) -> None:
         hp = self.hparams
-        logits = sliding_window_logits(self.model, batch["image"], hp.roi_size, hp.sw_batch_size, overlap)
-        pred = logits.argmax(1)[0]
-        self._cases.append(volume_metrics(pred, batch["label"][0, 0], len(hp.class_names), voxel_spacing(batch["image"])))
+        loaders = self.trainer.val_dataloaders if stage == "valid" else self.trainer.test_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        overlap = hp.overlap_val if stage == "valid" else hp.overlap_test
+        pred = original_grid_labels(self.model, batch, loader.dataset.transform, hp.roi_size, hp.sw_batch_size,
+                                    overlap)
+        label = batch["label"][0, 0]
+        if pred.shape != label.shape or not torch.allclose(_affine(pred), _affine(batch["label"]), atol=1e-3):
+            name = batch["label"].meta["filename_or_obj"][0]
+            raise ValueError(f"{name}: the label file's grid (shape {tuple(label.shape)}, affine "
+                             f"{_affine(batch['label']).tolist()}) is not its image's (shape {tuple(pred.shape)}, "
+                             f"affine {_affine(pred).tolist()}): image and label must share one voxel grid")
+        case = volume_metrics(pred, label, len(hp.class_names), voxel_spacing(batch["label"]))
+        row = torch.tensor([*case["dice"], *case["hd95"], *case["nsd"], case["mean_dice"], case["mean_hd95"],
+                            case["mean_nsd"]], dtype=torch.float64)
+        if self._cases is None:
+            self._cases = SampleCollector(["case"]).to(self.device)
+        self._cases.update(batch["index"], case=row[None])
 
     def _log_cases(self, stage: str) -> None:
-        summary = summarise_cases(self._cases)
-        self._cases = []
+        rows = self._cases.compute()["case"].cpu().numpy()
+        self._cases = None
+        k = len(self.hparams.class_names) - 1
+        cases = [{"dice": r[:k], "hd95": r[k:2 * k], "nsd": r[2 * k:3 * k], "mean_dice": r[-3], "mean_hd95": r[-2],
+                  "mean_nsd": r[-1]} for r in rows]
+        summary = summarise_cases(cases)
         for key in ("mean_dice", "mean_hd95", "mean_nsd"):
             self.log(f"{stage}/{key}", summary[key], prog_bar=key == "mean_dice")
         for metric in ("dice", "hd95", "nsd"):
@@ -91,20 +141,20 @@ class Segmentation3DTask(L.LightningModule):
                 self.log(f"{stage}/{metric}/{re.sub(r'[^A-Za-z0-9]+', '_', name)}", value)
 
     def on_validation_epoch_start(self) -> None:
-        self._cases = []
+        self._cases = None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._score(batch, self.hparams.overlap_val)
+        self._score(batch, "valid")
 
     def on_validation_epoch_end(self) -> None:
         self._log_cases("valid")
 
     def on_test_epoch_start(self) -> None:
-        self._cases = []
+        self._cases = None
         self.print(f"3D metrics over volumes; {EMPTY_RULE}")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._score(batch, self.hparams.overlap_test)
+        self._score(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         self._log_cases("test")

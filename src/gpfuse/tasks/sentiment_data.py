@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader, Dataset
 
 from gpfuse.config import SentimentDataConfig
@@ -101,8 +102,9 @@ class SentimentDataModule(L.LightningDataModule):
             with np.load(path, allow_pickle=False) as data:
                 return data["states"], data["mask"]
         states, mask = encode_texts(texts.tolist(), cfg.text_model, cfg.max_len.get("text", 50))
-        with atomic_path(path) as tmp, tmp.open("wb") as f:
-            np.savez(f, states=states, mask=mask)
+        if rank_zero_only.rank == 0:  # several processes: one writer (the others computed the same states)
+            with atomic_path(path) as tmp, tmp.open("wb") as f:
+                np.savez(f, states=states, mask=mask)
         return states, mask
 
     def _tokens(self, name: str, split: SplitFeatures) -> None:

@@ -81,11 +81,13 @@ class VolumeDataModule(L.LightningDataModule):
 
         c = self.config
         train, predict = name == "train", name == "predict"
-        transform = volume_transforms(c.roi_size, train, with_label=not predict, pixdim=c.pixdim, intensity=c.intensity,
+        label = "transformed" if train else "none" if predict else "original"
+        transform = volume_transforms(c.roi_size, train, label=label, pixdim=c.pixdim, intensity=c.intensity,
                                       ct_window=c.ct_window, crop_foreground=c.crop_foreground,
                                       samples=c.samples_per_volume, flip_axes=c.flip_axes, flip_prob=c.flip_prob)
         transform.set_random_state(seed=self.seed)
-        items = [{"image": it.image, **({} if predict else {"label": it.label})} for it in self.cases[name]]
+        items = [{"image": it.image, "index": i, **({} if predict else {"label": it.label})}
+                 for i, it in enumerate(self.cases[name])]
         if predict or c.cache_rate == 0:
             return Dataset(items, transform)
         return CacheDataset(items, transform, cache_rate=c.cache_rate, progress=False)

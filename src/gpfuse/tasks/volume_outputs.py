@@ -11,7 +11,7 @@ import torch
 
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["save_mid_slices", "write_volume_predictions"]
+__all__ = ["original_image", "save_mid_slices", "write_volume_predictions"]
 
 _COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 120, 240], [240, 200, 40], [200, 80, 220],
                      [40, 210, 210]], dtype=float) / 255
@@ -47,26 +47,33 @@ def save_mid_slices(image: np.ndarray, pred: np.ndarray, path: Path, label: np.n
     return path
 
 
+def original_image(path: str) -> np.ndarray:
+    """The first channel of a NIfTI volume as stored, (X, Y, Z) float32."""
+    import nibabel as nib
+
+    image = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    return image[..., 0] if image.ndim == 4 else image
+
+
 @torch.no_grad()
 def write_volume_predictions(task, data, out: Path) -> Path:
-    """For every case of ``data.cases["predict"]``: ``out/<name>_seg.nii.gz`` (uint8 labels, the input's affine
-    and shape) and ``out/<name>_slices.png``."""
+    """For every case of ``data.cases["predict"]``: ``out/<name>_seg.nii.gz`` (uint8 labels on the input's grid:
+    its affine and shape) and ``out/<name>_slices.png``."""
     import nibabel as nib
-    from monai.data import DataLoader, decollate_batch
-    from monai.transforms import Invertd
+    from monai.data import DataLoader
 
-    from gpfuse.tasks.segmentation3d import sliding_window_logits
+    from gpfuse.tasks.segmentation3d import original_grid_labels
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dataset = data._dataset("predict")  # one transform object: Invertd matches the transforms it applied by id
-    invert = Invertd(keys="pred", transform=dataset.transform, orig_keys="image", nearest_interp=True)
     hp = task.hparams
     task.model.eval()
+    device = next(task.model.parameters()).device
     for case, batch in zip(data.cases["predict"], DataLoader(dataset, batch_size=1)):
-        logits = sliding_window_logits(task.model, batch["image"], hp.roi_size, hp.sw_batch_size, hp.overlap_test)
-        item = invert(decollate_batch({"image": batch["image"], "pred": logits.argmax(1, keepdim=True)})[0])
-        pred = np.asarray(item["pred"][0]).round().astype(np.uint8)
+        batch["image"] = batch["image"].to(device)
+        pred = original_grid_labels(task.model, batch, dataset.transform, hp.roi_size, hp.sw_batch_size,
+                                    hp.overlap_test).cpu().numpy().astype(np.uint8)
         source = nib.load(case.image)
         if pred.shape != source.shape[:3]:
             raise RuntimeError(f"{case.image}: prediction of shape {pred.shape} after inverting the transforms, "
@@ -75,7 +82,5 @@ def write_volume_predictions(task, data, out: Path) -> Path:
         header.set_data_dtype(np.uint8)
         with atomic_path(out / f"{case.name}_seg.nii.gz") as tmp:
             tmp.write_bytes(gzip.compress(nib.Nifti1Image(pred, source.affine, header).to_bytes()))
-        image = np.asarray(source.dataobj, dtype=np.float32)
-        save_mid_slices(image[..., 0] if image.ndim == 4 else image, pred, out / f"{case.name}_slices.png",
-                        title=case.name)
+        save_mid_slices(original_image(case.image), pred, out / f"{case.name}_slices.png", title=case.name)
     return out
