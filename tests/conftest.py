@@ -1,7 +1,11 @@
 """Shared fixtures: deterministic seeds and the location of the shared datasets."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,9 +15,33 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GPFUSE_DATA", REPO.parent / "shared" / "data"))
 
 
+# the suite's caches (text states, decoded files) stay out of the user's ~/.cache; subprocesses inherit it
+os.environ.setdefault("GPFUSE_CACHE", tempfile.mkdtemp(prefix="gpfuse-test-cache-"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def run_gpfuse(*args: str) -> tuple[int, str]:
+    """Run the ``gpfuse`` console script in this process: (exit code, everything it printed, one line per
+    message: rich's wrapping folded away)."""
+    from gpfuse import cli
+
+    out = io.StringIO()
+    argv, sys.argv = sys.argv, ["gpfuse", *map(str, args)]
+    cli._debug = False
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+    return code, out.getvalue()
 
 
 @pytest.fixture

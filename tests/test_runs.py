@@ -11,9 +11,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
-from typer.testing import CliRunner
 
-from gpfuse.cli import app
+from conftest import run_gpfuse
 from gpfuse.config import ConfigError, load_config, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_pickles import write_mmsa_pickle
@@ -188,36 +187,35 @@ def test_cli_train_seeds_eval_info_profile(tmp_path, mosi_synth, cache):
     cfg = tmp_path / "tiny.yaml"
     raw = _config(tmp_path, mosi_synth, cache, max_epochs=1).model_dump(mode="json")
     cfg.write_text(yaml.safe_dump(raw))
-    runner = CliRunner()
-    result = runner.invoke(app, ["train", str(cfg), "--seeds", "1,2", "--set", "train.lr=0.002"])
-    assert result.exit_code == 0, result.output
+    code, output = run_gpfuse("train", cfg, "--seeds", "1,2", "--set", "train.lr=0.002")
+    assert code == 0, output
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["seeds"] == [1, 2] and len(summary["test"]["MAE"]) == 2
     per_seed = [json.loads((tmp_path / "runs" / "tiny" / f"seed_{s}" / "metrics.json").read_text())["test"]["MAE"]
                 for s in (1, 2)]
     assert summary["test"]["MAE"][0] == pytest.approx(np.mean(per_seed))
-    assert "±" in result.output
-    again = runner.invoke(app, ["summary", str(tmp_path / "runs" / "tiny")])
-    assert again.exit_code == 0 and "over 2 runs" in again.output
+    assert "±" in output
+    code, output = run_gpfuse("summary", tmp_path / "runs" / "tiny")
+    assert code == 0 and "over 2 runs" in output
     assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["test"]["MAE"] == \
         pytest.approx(summary["test"]["MAE"])
-    assert runner.invoke(app, ["summary", str(tmp_path / "nothing")]).exit_code == 2
-    result = runner.invoke(app, ["eval", str(tmp_path / "runs" / "tiny" / "seed_1")])
-    assert result.exit_code == 0 and "Has0_F1_score" in result.output
-    bad = runner.invoke(app, ["train", str(cfg), "--set", "train.nope=1"])
-    assert bad.exit_code == 2 and "train.nope" in bad.output
-    info = runner.invoke(app, ["info"])
-    assert info.exit_code == 0 and "grf" in info.output and "recursive" in info.output
-    prof = runner.invoke(app, ["profile", "grf", "--input-dims", "text=384,audio=73", "--batch-size", "2"])
-    assert prof.exit_code == 0 and "gflops" in prof.output and "parameters" in prof.output
+    assert run_gpfuse("summary", tmp_path / "nothing")[0] == 2
+    code, output = run_gpfuse("eval", tmp_path / "runs" / "tiny" / "seed_1")
+    assert code == 0 and "Has0_F1_score" in output
+    code, output = run_gpfuse("train", cfg, "--set", "train.nope=1")
+    assert code == 2 and "train.nope" in output
+    code, output = run_gpfuse("info")
+    assert code == 0 and "grf" in output and "recursive" in output
+    code, output = run_gpfuse("profile", "grf", "--input-dims", "text=384,audio=73", "--batch-size", "2")
+    assert code == 0 and "gflops" in output and "parameters" in output
 
 
 def test_cli_converts_a_pickle_once_and_the_npz_feeds_the_data_module(tmp_path):
     from gpfuse.data.synthetic_pickles import write_mult_pickle
 
     src = write_mult_pickle(tmp_path / "mosi_data.pkl", n_per_split=(6, 3, 3))
-    result = CliRunner().invoke(app, ["convert", str(src), str(tmp_path / "mosi.npz")])
-    assert result.exit_code == 0, result.output
+    code, output = run_gpfuse("convert", src, tmp_path / "mosi.npz")
+    assert code == 0, output
     data = validate_config({"name": "x", "data": {"source": "npz", "root": str(tmp_path / "mosi.npz"),
                                                   "modalities": ["text", "audio", "vision"], "max_len": {}},
                             "model": {"name": "grf"}}).data
@@ -226,8 +224,8 @@ def test_cli_converts_a_pickle_once_and_the_npz_feeds_the_data_module(tmp_path):
     assert dm.input_dims == {"text": 300, "audio": 74, "vision": 35} and len(dm.splits["test"]) == 3
     bad = tmp_path / "evil.pkl"
     bad.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
-    result = CliRunner().invoke(app, ["convert", str(bad), str(tmp_path / "evil.npz")])
-    assert result.exit_code == 2 and "os.system" in result.output and not (tmp_path / "evil.npz").exists()
+    code, output = run_gpfuse("convert", bad, tmp_path / "evil.npz")
+    assert code == 2 and "os.system" in output and not (tmp_path / "evil.npz").exists()
 
 
 # ---- trainer settings for GPUs and clusters ---------------------------------------------------------

@@ -155,7 +155,7 @@ def test_nonfinite_features_replaced_and_counted(mult, caplog):
 def test_nonfinite_labels_rejected(mmsa):
     raw = _raw(mmsa)
     raw["valid"]["regression_labels"][2] = np.nan
-    with pytest.raises(ValueError, match=r"aligned_50\.pkl:valid/regression_labels: 1 labels are NaN"):
+    with pytest.raises(ValueError, match=r"aligned_50\.pkl:valid/regression_labels: 1 label\(s\) are NaN or inf \(e.g. row 2\)"):
         load_mmsa_pickle(_dump(raw, mmsa))
 
 

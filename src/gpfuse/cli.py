@@ -1,4 +1,7 @@
-"""The ``gpfuse`` command: train, eval, predict, info, profile, convert, demo."""
+"""The ``gpfuse`` command: train, eval, summary, predict, info, profile, convert, demo.
+
+Every error reaches the user as one ``error:`` line that names the file, key or value, with exit code 2
+(:func:`main`); ``gpfuse --debug COMMAND`` shows the traceback instead."""
 from __future__ import annotations
 
 import shlex
@@ -48,9 +51,45 @@ def _table(title: str, rows: dict[str, dict[str, object]]) -> Table:
     return table
 
 
-def _fail(err: Exception) -> None:
-    console.print(f"[bold red]error:[/] {err}")
-    raise typer.Exit(2)
+_debug = False
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="show the full traceback of an error")) -> None:
+    global _debug
+    _debug = debug
+
+
+def _describe(err: BaseException) -> str:
+    """One line for the user: our messages name the file, key or value; an OS error its file; anything else
+    its type too."""
+    if isinstance(err, OSError) and err.strerror and not str(err).startswith(err.strerror):
+        return f"{err.strerror}: {err.filename}" if err.filename else str(err)
+    message = str(err).strip() or type(err).__name__
+    ours = (ValueError, KeyError, FileNotFoundError, FileExistsError, FloatingPointError, OSError)
+    if isinstance(err, KeyError) and err.args:
+        message = str(err.args[0])
+    return message if isinstance(err, ours) else f"{type(err).__name__}: {message}"
+
+
+def main() -> None:
+    """The console script: runs the command; an error becomes one ``error:`` line and exit code 2."""
+    import click
+
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        sys.exit(1)
+    except click.ClickException as err:  # usage errors: click's own message and exit code
+        err.show()
+        sys.exit(err.exit_code)
+    except Exception as err:
+        if _debug:
+            raise
+        console.print(f"[bold red]error:[/] {_describe(err)}", soft_wrap=True)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 @app.command()
@@ -60,18 +99,13 @@ def train(config: Path = typer.Argument(..., help="YAML run config"),
           folds: Optional[str] = typer.Option(None, help="comma-separated data.fold values (CV folds, random splits)"),
           resume: bool = typer.Option(False, help="continue the run(s) from checkpoints/last.ckpt")) -> None:
     """Train CONFIG (one run per seed and fold); prints the metrics, mean ± std over runs."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     from gpfuse.config import load_config
     from gpfuse.tasks.runner import is_main_process, train_seeds
 
-    try:
-        cfg = load_config(config, set_)
-        fold_list = _seeds(folds, 0) if folds else None
-        summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv),
-                              folds=fold_list)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, MisconfigurationException) as err:
-        _fail(err)  # MisconfigurationException: Lightning refuses train.* settings (e.g. 2 GPUs asked, 1 present)
+    cfg = load_config(config, set_)
+    fold_list = _seeds(folds, 0) if folds else None
+    summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv),
+                          folds=fold_list)
     if not is_main_process():
         return
     rows = {k: summary[k] for k in ("valid", "test")}
@@ -89,14 +123,9 @@ def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)
                                          "train.strategy=ddp (train.accelerator, devices, strategy, num_nodes, "
                                          "data.num_workers)")) -> None:
     """Re-evaluate a run's saved model on its valid and test splits (on several processes with --set)."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
     from gpfuse.tasks.runner import evaluate, is_main_process
 
-    try:
-        metrics = evaluate(run_dir, set_)
-    except (ValueError, KeyError, FileNotFoundError, MisconfigurationException) as err:
-        _fail(err)
+    metrics = evaluate(run_dir, set_)
     if not is_main_process():
         return
     console.print(_table(str(run_dir), {k: metrics[k] for k in ("valid", "test")}))
@@ -109,10 +138,7 @@ def summary(root: Path = typer.Argument(..., help="folder holding finished runs,
     """Mean ± std of every metric over the finished runs under ROOT (writes ROOT/summary.json)."""
     from gpfuse.tasks.runner import summarise_folder
 
-    try:
-        result = summarise_folder(root)
-    except FileNotFoundError as err:
-        _fail(err)
+    result = summarise_folder(root)
     console.print(_table(f"{root}: mean ± std over {len(result['runs'])} runs", {k: result[k] for k in ("valid", "test")}))
 
 
@@ -124,10 +150,7 @@ def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the ru
     rankings (query,rank,gallery,distance,same_id), or segmentation masks + overlays + predictions.csv."""
     from gpfuse.tasks.runner import predict as run_predict
 
-    try:
-        path = run_predict(run_dir, data, out)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        _fail(err)
+    path = run_predict(run_dir, data, out)
     if path is not None:
         console.print(f"predictions written to {path}")
 
@@ -168,51 +191,48 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
     from gpfuse.models import create_model
     from gpfuse.tasks.profile import image_text_batch, profile_model, synthetic_batch
 
-    try:
-        dims = {k: int(v) for k, v in (item.split("=") for item in input_dims.split(","))}
-        if model.endswith((".yaml", ".yml")):
-            cfg = load_config(model)
-            name, options = cfg.model["name"], cfg.model_options()
-            if cfg.task == "regression":
-                dims = {m: dims[m] for m in cfg.data.modalities}
-        else:
-            name, options = model, {}
-        if name == "bipvl_seg":
-            side = image_size or 96
-            prompts = [["A medical image of the background."] + [f"concept {k} of the background." for k in range(5)],
-                       ["A medical image of the organ."] + [f"concept {k} of the organ." for k in range(5)]]
-            for label, switches in (("full", {}), ("vision-only", {"text": False, "alignment": False})):
-                net = create_model(name, num_classes=2, class_texts=prompts, **{**options, **switches})
-                figures = profile_model(net, {"image": torch.randn(1, net.vision.swinViT.patch_embed.proj.in_channels, side, side,
-                                                                   side)}, repeats=1)
-                console.print(f"bipvl_seg {label}, 1 patch {side}^3: {figures['parameters']:,} parameters "
-                              f"({figures['trainable']:,} trainable), {figures['gflops']:.1f} GFLOPs, "
-                              f"{figures['forward_ms']:.0f} ms forward on CPU")
-            return
-        if name == "ea_dk":
-            side = image_size or 352
-            for encoder in ([options["encoder"]] if "encoder" in options else SEG_ENCODERS):
-                net = create_model(name, **{**options, "encoder": encoder, "encoder_weights": None})
-                figures = profile_model(net, {"image": torch.randn(1, 3, side, side)}, repeats=3)
-                console.print(f"ea_dk with {encoder}, 1 image {side}x{side}: {figures['parameters']:,} parameters, "
-                              f"{figures['gflops']:.2f} GFLOPs, {figures['forward_ms']:.0f} ms forward on CPU")
-            return
-        image_size = image_size or 224
-        if name == "gpf_net":
-            net = create_model(name, num_classes=num_classes, **options)
-            batch = image_text_batch(1, image_size, net.pos.pe.shape[0] - 1)
-            shape = f"1 image {image_size}x{image_size} + {batch['text_ids'].shape[1]} report tokens"
-        elif name == "pgf_net":
-            dims.pop("text", None)
-            net = create_model(name, input_dims=dims, **options)
-            batch = {**synthetic_batch(dims, batch_size, seq_len), **image_text_batch(batch_size, 1, seq_len)}
-            batch.pop("image")
-            shape = f"batch {batch_size} x {seq_len} text tokens and audio/visual steps"
-        else:
-            net = create_model(name, input_dims=dims, **options)
-            batch, shape = synthetic_batch(dims, batch_size, seq_len), f"batch {batch_size} x {seq_len} steps"
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
-        _fail(err)
+    dims = {k: int(v) for k, v in (item.split("=") for item in input_dims.split(","))}
+    if model.endswith((".yaml", ".yml")):
+        cfg = load_config(model)
+        name, options = cfg.model["name"], cfg.model_options()
+        if cfg.task == "regression":
+            dims = {m: dims[m] for m in cfg.data.modalities}
+    else:
+        name, options = model, {}
+    if name == "bipvl_seg":
+        side = image_size or 96
+        prompts = [["A medical image of the background."] + [f"concept {k} of the background." for k in range(5)],
+                   ["A medical image of the organ."] + [f"concept {k} of the organ." for k in range(5)]]
+        for label, switches in (("full", {}), ("vision-only", {"text": False, "alignment": False})):
+            net = create_model(name, num_classes=2, class_texts=prompts, **{**options, **switches})
+            figures = profile_model(net, {"image": torch.randn(1, net.vision.swinViT.patch_embed.proj.in_channels, side, side,
+                                                               side)}, repeats=1)
+            console.print(f"bipvl_seg {label}, 1 patch {side}^3: {figures['parameters']:,} parameters "
+                          f"({figures['trainable']:,} trainable), {figures['gflops']:.1f} GFLOPs, "
+                          f"{figures['forward_ms']:.0f} ms forward on CPU")
+        return
+    if name == "ea_dk":
+        side = image_size or 352
+        for encoder in ([options["encoder"]] if "encoder" in options else SEG_ENCODERS):
+            net = create_model(name, **{**options, "encoder": encoder, "encoder_weights": None})
+            figures = profile_model(net, {"image": torch.randn(1, 3, side, side)}, repeats=3)
+            console.print(f"ea_dk with {encoder}, 1 image {side}x{side}: {figures['parameters']:,} parameters, "
+                          f"{figures['gflops']:.2f} GFLOPs, {figures['forward_ms']:.0f} ms forward on CPU")
+        return
+    image_size = image_size or 224
+    if name == "gpf_net":
+        net = create_model(name, num_classes=num_classes, **options)
+        batch = image_text_batch(1, image_size, net.pos.pe.shape[0] - 1)
+        shape = f"1 image {image_size}x{image_size} + {batch['text_ids'].shape[1]} report tokens"
+    elif name == "pgf_net":
+        dims.pop("text", None)
+        net = create_model(name, input_dims=dims, **options)
+        batch = {**synthetic_batch(dims, batch_size, seq_len), **image_text_batch(batch_size, 1, seq_len)}
+        batch.pop("image")
+        shape = f"batch {batch_size} x {seq_len} text tokens and audio/visual steps"
+    else:
+        net = create_model(name, input_dims=dims, **options)
+        batch, shape = synthetic_batch(dims, batch_size, seq_len), f"batch {batch_size} x {seq_len} steps"
     figures = profile_model(net, batch)
     console.print(f"{name}, {shape}:")
     for k, v in figures.items():
@@ -226,10 +246,7 @@ def convert(src: Path, dst: Path, layout: str = typer.Option("auto", help="auto,
     """Convert an MMSA or MulT feature pickle (read with a restricted unpickler) to a safe .npz."""
     from gpfuse.data.sentiment_pickles import convert_feature_pickle
 
-    try:
-        path = convert_feature_pickle(src, dst, layout=layout)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        _fail(err)
+    path = convert_feature_pickle(src, dst, layout=layout)
     console.print(f"wrote {path}")
 
 
@@ -259,4 +276,4 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
 
 
 if __name__ == "__main__":
-    app()
+    main()

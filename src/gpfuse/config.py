@@ -7,6 +7,7 @@ wrong type is reported with its dotted key and the file, before anything runs.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import typing
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gpfuse.models import MODELS
 
-__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "SegDataConfig", "VolumeDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "SegDataConfig", "VolumeDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides", "apply_overrides"]
 
 
 class ConfigError(ValueError):
@@ -39,7 +40,8 @@ class SentimentDataConfig(_Strict):
     max_len: dict[str, int] = Field(default_factory=lambda: {"text": 50, "audio": 50, "vision": 50})
     standardize: bool = True
     cache_dir: str | None = None
-    synthetic_if_missing: bool = False
+    synthetic_if_missing: bool = Field(False, description="no longer read (kept so that older run folders load): "
+                                       "generated data comes only from `gpfuse demo`")
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
 
@@ -202,6 +204,11 @@ class RunConfig(_Strict):
         ``segmentation3d`` (Decathlon volumes)."""
         return TASK_OF_DATA[type(self.data)]
 
+    def data_paths(self) -> list[str]:
+        """Every dataset file or folder the run reads."""
+        d = self.data
+        return [*d.train, *d.val, *d.test.values()] if isinstance(d, SegDataConfig) else [d.root]
+
     def model_options(self) -> dict[str, Any]:
         """The model section without its ``name``."""
         return {k: v for k, v in self.model.items() if k != "name"}
@@ -235,26 +242,39 @@ def _format(err: ValidationError, prefix: str = "") -> str:
     return "\n".join(lines)
 
 
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (``["train", "lr"]``, 0.0003): the value parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value {value!r} is not valid YAML ({problem})") from None
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``raw`` with each ``key.path=value`` applied in turn: the value replaces what is at the path (a mapping
+    given as the value replaces the mapping there, so ``--set data.test={}`` drops every test set)."""
+    out = copy.deepcopy(raw)
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for depth, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(path[:depth + 1])} is {child!r}, not a mapping "
+                                  "that could hold " + ".".join(path[depth + 1:]))
+            node = child
+        node[path[-1]] = value
+    return out
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["train.lr=3e-4", "data.modalities=[text]"]`` -> nested dict (values parsed as YAML)."""
-    nested: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key.path=value")
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return nested
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+    return apply_overrides({}, overrides)
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
@@ -280,12 +300,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); is it a config file?") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(raw).__name__}")
-    return validate_config(_merge(raw, parse_overrides(overrides or [])), str(path))
+    return validate_config(apply_overrides(raw, overrides or []), str(path))
 
 
 def dump_config(config: RunConfig) -> str:

@@ -16,6 +16,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from gpfuse.data.decoded_files import DecodedFiles
+
 __all__ = ["VolumeCase", "read_decathlon", "check_cases", "carve_cases"]
 
 log = logging.getLogger(__name__)
@@ -44,9 +46,9 @@ def read_decathlon(root: str | Path, key: str = "training") -> tuple[list[Volume
     if not path.is_file():
         raise FileNotFoundError(f"Decathlon dataset.json not found: {path}")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
         labels = {int(k): str(v) for k, v in meta["labels"].items()}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as err:
         raise ValueError(f"{path}: not a Decathlon dataset.json with a 'labels' mapping ({err})") from err
     if sorted(labels) != list(range(len(labels))) or len(labels) < 2:
         raise ValueError(f"{path}: labels must be numbered 0..C-1 with C >= 2, got {sorted(labels)}")
@@ -59,18 +61,34 @@ def read_decathlon(root: str | Path, key: str = "training") -> tuple[list[Volume
     return [VolumeCase(e["image"], e.get("label"), _stem(e["image"])) for e in entries], labels
 
 
-def _problem(case: VolumeCase, num_classes: int) -> str | None:
+def _decode(path: str, known: DecodedFiles) -> str | None:
+    """Why the voxels of ``path`` cannot be read, or None. The whole file is decompressed (a truncated
+    ``.nii.gz`` has a readable header), unless ``known`` says it decoded before and has not changed."""
+    import nibabel as nib
+
+    if known.contains(path):
+        return None
+    try:
+        np.asarray(nib.load(path).dataobj)
+    except Exception as err:  # nibabel, gzip and zlib raise several types for a damaged file
+        return f"{path}: unreadable NIfTI ({type(err).__name__}: {err})"
+    known.add(path)
+    return None
+
+
+def _problem(case: VolumeCase, num_classes: int, known: DecodedFiles) -> str | None:
     import nibabel as nib
 
     for path in (case.image, case.label):
         if path is not None and not Path(path).is_file():
             return f"{path}: listed in dataset.json but not found"
+    for path in (case.image, case.label):
+        reason = _decode(path, known) if path is not None else None
+        if reason:
+            return reason
     if case.label is None:
         return None
-    try:
-        image, label = nib.load(case.image), nib.load(case.label)
-    except Exception as err:  # nibabel raises several types for a corrupt header
-        return f"{case.image} / {case.label}: unreadable NIfTI ({type(err).__name__}: {err})"
+    image, label = nib.load(case.image), nib.load(case.label)
     if image.shape[:3] != label.shape[:3]:
         return f"{case.label}: label shape {label.shape[:3]} differs from its image's {image.shape[:3]} ({case.image})"
     if not np.allclose(image.affine, label.affine, atol=1e-3):
@@ -89,9 +107,10 @@ def check_cases(cases: Sequence[VolumeCase], num_classes: int, on_bad_file: str 
     if on_bad_file not in ("raise", "skip"):
         raise ValueError(f"on_bad_file must be 'raise' or 'skip', got {on_bad_file!r}")
     kept, bad = [], []
-    for case in cases:
-        reason = _problem(case, num_classes)
-        (bad.append(reason) if reason else kept.append(case))
+    with DecodedFiles() as known:
+        for case in cases:
+            reason = _problem(case, num_classes, known)
+            (bad.append(reason) if reason else kept.append(case))
     listing = "\n  " + "\n  ".join(bad[:_SHOW]) + (f"\n  ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else "")
     if bad and on_bad_file == "raise":
         kind = FileNotFoundError if all("not found" in b for b in bad) else ValueError

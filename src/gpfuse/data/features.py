@@ -13,7 +13,7 @@ import numpy as np
 
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["SPLITS", "SplitFeatures", "clean_nonfinite", "save_features_npz", "load_features_npz"]
+__all__ = ["SPLITS", "SplitFeatures", "check_labels", "clean_nonfinite", "save_features_npz", "load_features_npz"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ class SplitFeatures:
         )
 
 
+def check_labels(labels: np.ndarray, ids: np.ndarray | None, where: str) -> np.ndarray:
+    """``labels`` as float32, or a ValueError naming ``where`` and the utterances whose label is NaN or inf.
+
+    One rule for every reader: a missing label is never turned into a value (a NaN scored as 0 would be a
+    neutral utterance), so the data must be fixed or the rows removed by the user."""
+    labels = np.asarray(labels, dtype=np.float32)
+    bad = np.flatnonzero(~np.isfinite(labels))
+    if bad.size:
+        named = [str(ids[i]) for i in bad[:3]] if ids is not None else [f"row {i}" for i in bad[:3]]
+        raise ValueError(f"{where}: {bad.size} label(s) are NaN or inf (e.g. {', '.join(named)}); a label is "
+                         "never replaced by a value: fix or remove those rows")
+    return labels
+
+
 def clean_nonfinite(x: np.ndarray, what: str) -> np.ndarray:
     """Replace NaN/inf by 0 and say how many values were replaced (spec: "replaces ... and says how many")."""
     bad = ~np.isfinite(x)
@@ -113,13 +127,26 @@ def load_features_npz(path: str | Path) -> dict[str, SplitFeatures]:
         grouped: dict[str, dict] = {}
         for key in data.files:
             split, _, rest = key.partition("/")
-            grouped.setdefault(split, {})[rest] = data[key]
+            try:
+                grouped.setdefault(split, {})[rest] = data[key]
+            except ValueError as err:  # an object array: refused without pickle
+                raise ValueError(f"{path}: array {key!r} cannot be read without pickle ({err}); gpfuse reads plain "
+                                 "numeric and string arrays only") from None
     splits = {}
     for split, items in grouped.items():
         missing = {"ids", "labels"} - items.keys()
         if missing:
             raise ValueError(f"{path}: split {split!r} lacks {sorted(missing)}")
-        feats = {k.split("/", 1)[1]: v for k, v in items.items() if k.startswith("features/")}
+        feats = {}
+        for key, value in items.items():
+            if key.startswith("features/"):
+                if value.dtype.kind not in "fiub":
+                    raise ValueError(f"{path}: {split}/{key} holds {value.dtype} values, not numbers")
+                feats[key.split("/", 1)[1]] = clean_nonfinite(value.astype(np.float32), f"{path}:{split}/{key}")
         masks = {k.split("/", 1)[1]: v.astype(bool) for k, v in items.items() if k.startswith("masks/")}
-        splits[split] = SplitFeatures(items["ids"], items["labels"], feats, masks, items.get("texts"))
+        try:
+            labels = check_labels(items["labels"], items["ids"], f"{path}:{split}/labels")
+            splits[split] = SplitFeatures(items["ids"], labels, feats, masks, items.get("texts"))
+        except ValueError as err:
+            raise ValueError(f"{path}: split {split!r}: {err}") if str(path) not in str(err) else err from None
     return splits

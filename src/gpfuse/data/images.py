@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from gpfuse.data.decoded_files import DecodedFiles
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "read_image", "check_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -28,18 +30,20 @@ def read_image(path: str | Path) -> Image.Image:
         raise ValueError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
 
 
-def check_image(path: str | Path, full_decode: bool = False) -> str | None:
-    """Why ``path`` cannot be read, or None when it looks fine. ``full_decode=False`` only opens the file
-    and runs PIL's ``verify()`` (fast; a truncated JPEG may pass and fail later in :func:`read_image`)."""
+def check_image(path: str | Path, known: DecodedFiles | None = None) -> str | None:
+    """Why ``path`` cannot be read, or None when it decodes. The pixels are decoded (PIL's ``verify()`` passes a
+    truncated JPEG), once: a file in ``known`` that has not changed since is not decoded again, and one that
+    decodes is added to it."""
     path = Path(path)
     if not path.is_file():
         return "file not found"
+    if known is not None and known.contains(path):
+        return None
     try:
         with Image.open(path) as img:
-            if full_decode:
-                img.convert("RGB")
-            else:
-                img.verify()
+            img.load()
     except _DECODE_ERRORS as err:
         return f"{type(err).__name__}: {err}"
+    if known is not None:
+        known.add(path)
     return None

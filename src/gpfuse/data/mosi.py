@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gpfuse.data.features import SPLITS, SplitFeatures, clean_nonfinite
+from gpfuse.data.features import SPLITS, SplitFeatures, check_labels, clean_nonfinite
 
 __all__ = ["load_mosi_folder"]
 
@@ -83,7 +83,6 @@ def load_mosi_folder(root: str | Path, modalities: Sequence[str] = ("text", "aud
     segments = np.array([_parse(labels_path, i, "segment_index", r["segment_index"], int) for i, r in enumerate(rows, 2)])
     labels = np.array([_parse(labels_path, i, "sentiment", r["sentiment"], float) for i, r in enumerate(rows, 2)],
                       dtype=np.float32)
-    labels = clean_nonfinite(labels, f"{labels_path}:sentiment")
     splits = np.array([r["standard_split"] for r in rows])
     bad = sorted(set(splits) - set(SPLITS))
     if bad:
@@ -97,6 +96,7 @@ def load_mosi_folder(root: str | Path, modalities: Sequence[str] = ("text", "aud
             key = (r["video_id"], _parse(transcripts_path, i, "segment_index", r["segment_index"], int))
             transcripts[key] = (r["segment_id"], (r["text"] or "").strip())
     ids = np.array([transcripts[k][0] if k in transcripts else f"{k[0]}_seg{k[1]}" for k in keys])
+    labels = check_labels(labels, ids, f"{labels_path}, column sentiment")
     features, masks = {}, {}
     if "audio" in modalities:
         audio = _load_audio(root / "audio_declare_lab.npz", videos, segments)

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from gpfuse.data.decoded_files import DecodedFiles
 from gpfuse.data.images import IMAGE_SUFFIXES, check_image, read_image
 
 __all__ = ["SegItem", "SegSplit", "list_folder", "read_mask", "check_items", "hold_out", "make_split",
@@ -111,12 +112,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     return values > 0 if values.max(initial=0) <= 1 else values >= 128
 
 
-def _problem(item: SegItem) -> tuple[str | None, bool]:
+def _problem(item: SegItem, known: DecodedFiles) -> tuple[str | None, bool]:
     """(why the pair cannot be used or None, whether the mask has values other than 0 and 255/1)."""
     if item.mask is None:
         return f"{item.image}: image without a mask", False
     for path, what in ((item.image, "image"), (item.mask, "mask")):
-        reason = check_image(path)
+        reason = check_image(path, known)
         if reason:
             return f"{path}: unreadable {what} ({reason})", False
     with Image.open(item.image) as img:
@@ -137,7 +138,8 @@ def _listing(lines: list[str]) -> str:
 
 def check_items(items: Sequence[SegItem], on_bad_file: str = "raise", nonbinary_mask: str = "binarize",
                 what: str = "data") -> tuple[list[SegItem], dict[str, int]]:
-    """Check every image/mask pair once; returns the usable items and counts ``{"skipped", "binarized"}``.
+    """Check every image/mask pair once (decoding the pixels: see :func:`check_image`); returns the usable items
+    and counts ``{"skipped", "binarized"}``.
 
     Args:
         on_bad_file: ``"raise"`` (ValueError naming every bad file) or ``"skip"`` (a warning naming them).
@@ -147,8 +149,9 @@ def check_items(items: Sequence[SegItem], on_bad_file: str = "raise", nonbinary_
         raise ValueError(f"on_bad_file must be 'raise' or 'skip' and nonbinary_mask 'binarize', 'raise' or "
                          f"'skip', got {on_bad_file!r}, {nonbinary_mask!r}")
     kept, bad, nonbinary = [], [], []
-    for item in items:
-        reason, soft = _problem(item)
+    with DecodedFiles() as known:
+        problems = [_problem(item, known) for item in items]
+    for item, (reason, soft) in zip(items, problems):
         if reason:
             bad.append(reason)
         elif soft and nonbinary_mask != "binarize":

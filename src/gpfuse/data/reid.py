@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from gpfuse.data.decoded_files import DecodedFiles
 from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD, check_image, read_image
 
 __all__ = ["ReIDItem", "ReIDSplit", "relabel_train", "carve_validation", "ImageTransform", "ReIDImageDataset",
@@ -177,19 +178,20 @@ class ReIDImageDataset(Dataset):
     """Items -> ``{"image": (3, H, W) float, "pid": long, "camid": long, "index": long, "group": str}``,
     plus ``"report": str`` when ``reports`` (group -> report text) is given.
 
-    Every file is checked once here (:func:`check_image`): with ``on_error="raise"`` the first bad file
+    Every file is checked once here by decoding it (:func:`check_image`): with ``on_error="raise"`` the first bad file
     raises ValueError; with ``"skip"`` bad files are dropped and a WARNING lists them (``num_skipped``).
     ``index`` and :attr:`pids` refer to the kept items, so give ``dataset.pids`` to the sampler.
     """
 
     def __init__(self, items: Sequence[ReIDItem], transform: Callable[[Image.Image], torch.Tensor] | None = None,
-                 reports: dict[str, str] | None = None, on_error: str = "raise", full_decode: bool = False) -> None:
+                 reports: dict[str, str] | None = None, on_error: str = "raise") -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be one of ['raise', 'skip'], got {on_error!r}")
         self.transform = transform if transform is not None else ImageTransform()
         kept, bad = [], []
-        for it in items:
-            reason = check_image(it.path, full_decode)
+        with DecodedFiles() as known:
+            reasons = [check_image(it.path, known) for it in items]
+        for it, reason in zip(items, reasons):
             if reason is None:
                 kept.append(it)
             elif on_error == "raise":

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gpfuse.data.features import SPLITS, SplitFeatures, clean_nonfinite, save_features_npz
+from gpfuse.data.features import SPLITS, SplitFeatures, check_labels, clean_nonfinite, save_features_npz
 from gpfuse.data.safe_pickle import safe_load_pickle
 
 __all__ = [
@@ -42,12 +42,9 @@ class _Split:
         if labels.ndim == 0 or labels.size != labels.shape[0]:
             raise ValueError(f"{self.where}/{label_key}: expected one value per row, e.g. (N,) or (N, 1, 1), "
                              f"got shape {labels.shape}")
-        bad = int((~np.isfinite(labels)).sum())
-        if bad:
-            raise ValueError(f"{self.where}/{label_key}: {bad} labels are NaN/inf")
         self.n = labels.shape[0]
         self.label_key = label_key
-        self.labels = labels.reshape(-1).astype(np.float32)
+        self.labels = check_labels(labels.reshape(-1), None, f"{self.where}/{label_key}")
 
     def _array(self, key: str) -> np.ndarray:
         if key not in self.items:
@@ -225,5 +222,10 @@ def load_feature_pickle(
 
 
 def convert_feature_pickle(src: str | Path, dst_npz: str | Path, layout: str = "auto") -> Path:
-    """Convert a feature pickle (all modalities) once to the safe npz read by ``load_features_npz``."""
+    """Convert a feature pickle (all modalities) once to the safe npz read by ``load_features_npz``; ``dst_npz``
+    must be another file than ``src`` (never replaced by its own conversion)."""
+    if Path(dst_npz).resolve() == Path(src).resolve():
+        raise ValueError(f"{dst_npz}: the output would replace the pickle it is converted from; give another path")
+    if Path(dst_npz).is_dir():
+        raise ValueError(f"{dst_npz} is a folder: give the .npz file to write")
     return save_features_npz(load_feature_pickle(src, layout), dst_npz)

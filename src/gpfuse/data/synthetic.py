@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpfuse.data.synthetic_marker import mark_generated
 from gpfuse.utils.files import atomic_path
 
 __all__ = ["write_synthetic_mosi"]
@@ -57,4 +58,5 @@ def write_synthetic_mosi(root: str | Path, n_videos: int = 30, segments_per_vide
     with atomic_path(root / "audio_declare_lab.npz") as tmp, tmp.open("wb") as f:
         np.savez(f, features=np.asarray(audio, dtype=np.float32), video_id=np.array(vids),
                  segment_index=np.array(segs, dtype=np.int32))
+    mark_generated(root, "CMU-MOSI-layout sentiment data")
     return root

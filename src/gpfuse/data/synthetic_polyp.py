@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from gpfuse.data.synthetic_reid import polyp_scene, random_polyp
+from gpfuse.data.synthetic_marker import mark_generated
 from gpfuse.utils.files import atomic_path
 
 __all__ = ["write_synthetic_polyp_folder"]
@@ -37,4 +38,5 @@ def write_synthetic_polyp_folder(root: str | Path, n_images: int = 24, size: int
         writer = csv.DictWriter(f, fieldnames=["id", "video_sequence"])
         writer.writeheader()
         writer.writerows(rows)
+    mark_generated(root, "polyp images and masks")
     return root

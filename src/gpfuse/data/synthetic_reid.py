@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from gpfuse.data.synthetic_marker import mark_generated
 from gpfuse.utils.files import atomic_path
 
 __all__ = ["write_synthetic_colo_pair", "write_synthetic_market1501", "random_polyp", "polyp_scene"]
@@ -133,6 +134,7 @@ def write_synthetic_colo_pair(root: str | Path, n_videos: int = 12, frames_per_v
         writer = csv.writer(f)
         writer.writerow(["id", "Eng_text"])
         writer.writerows(rows)
+    mark_generated(root, "Colo-Pair-layout polyp frames and reports")
     return root
 
 
@@ -188,4 +190,5 @@ def write_synthetic_market1501(root: str | Path, n_ids: int = 10, images_per_id:
                 save("bounding_box_test", pid, int(cams[1 + k % 2]), shirt, trousers)
     save("bounding_box_test", -1, 1, rng.uniform(0, 1, 3), rng.uniform(0, 1, 3))
     save("bounding_box_test", 0, 2, rng.uniform(0, 1, 3), rng.uniform(0, 1, 3))
+    mark_generated(root, "Market-1501-layout person images")
     return root

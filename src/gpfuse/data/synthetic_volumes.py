@@ -25,6 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from gpfuse.data.class_text import CONCEPTS, TITLE
+from gpfuse.data.synthetic_marker import mark_generated
 from gpfuse.utils.files import atomic_path, atomic_write_text
 
 __all__ = ["Organ", "ORGANS", "BACKGROUND", "write_synthetic_decathlon"]
@@ -166,4 +167,5 @@ def write_synthetic_decathlon(root: str | Path, n_cases: int = 8, shape: Sequenc
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow([TITLE, *CONCEPTS])
         writer.writerows([c.name, *c.concepts] for c in classes)
+    mark_generated(root, "Decathlon-layout volumes")
     return root

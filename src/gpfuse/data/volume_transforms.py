@@ -5,14 +5,15 @@ nearest label), intensity (CT: window ``[a_min, a_max]`` scaled to [0, 1] and cl
 non-zero voxels per channel), optional crop to the image's foreground. Training adds padding to the patch,
 ``samples`` random patches per volume balanced between foreground and background centres
 (``RandCropByPosNegLabeld``, pos 1 : neg 1), random flips on every axis, 90-degree rotations in planes whose
-patch sides are equal, and intensity scale/shift. MONAI seeds its own random states per transform; the
-DataModule sets them from the run's seed and MONAI's DataLoader re-seeds each worker.
+patch sides are equal, and intensity scale/shift. MONAI gives each random transform a random state of its
+own; :func:`draw_from_numpy_global` points them all at NumPy's global one, which the run's seed sets and a
+checkpoint saves and restores (MONAI's DataLoader still re-seeds them per worker process).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-__all__ = ["volume_transforms"]
+__all__ = ["volume_transforms", "draw_from_numpy_global"]
 
 
 LABELS = ("transformed", "original", "none")
@@ -65,3 +66,19 @@ def volume_transforms(roi_size: Sequence[int], train: bool, label: str = "transf
                   T.RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
     steps.append(T.EnsureTyped(["image", "label"] if label != "none" else ["image"], track_meta=True))
     return T.Compose(steps)
+
+
+def draw_from_numpy_global(transform) -> int:
+    """Make every random MONAI transform in ``transform`` (a ``Compose``) draw from NumPy's global random
+    state, so that Lightning's seeding sets their stream and a resumed run continues it (each MONAI transform
+    otherwise keeps a private ``RandomState`` that no checkpoint holds). Returns how many there are."""
+    import numpy as np
+    from monai.transforms import Randomizable
+
+    def leaves(t):  # not Compose.flatten(): building a Compose re-seeds every transform in it
+        return [leaf for child in t.transforms for leaf in leaves(child)] if hasattr(t, "transforms") else [t]
+
+    randomizable = [t for t in leaves(transform) if isinstance(t, Randomizable)]
+    for t in [transform, *randomizable]:
+        t.set_random_state(state=np.random.mtrand._rand)
+    return len(randomizable)

@@ -45,10 +45,10 @@ def load_pretrained(folder: str | Path, expected_name: str | None = None) -> nn.
         if not path.is_file():
             raise FileNotFoundError(f"no {path.name} in {folder}: not a saved gpfuse model")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
         name, options = config["name"], config["options"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{config_path}: not a gpfuse model config ({err})") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{config_path}: not a gpfuse model config ({type(err).__name__}: {err})") from None
     if expected_name is not None and name != expected_name:
         raise CheckpointMismatchError(f"{config_path} holds a {name!r} model, expected {expected_name!r}")
     model = create_model(name, **options)
@@ -56,6 +56,8 @@ def load_pretrained(folder: str | Path, expected_name: str | None = None) -> nn.
         missing, unexpected = load_model(model, str(weights_path), strict=False)
     except RuntimeError as err:  # shape mismatches
         raise CheckpointMismatchError(f"{weights_path} does not fit the {name!r} model of {config_path}: {err}") from None
+    except Exception as err:  # safetensors' own errors: truncated, not a safetensors file
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({type(err).__name__}: {err})") from None
     if missing or unexpected:
         raise CheckpointMismatchError(f"{weights_path} does not fit the {name!r} model of {config_path}: "
                                       f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")

@@ -24,6 +24,7 @@ class TaskKind:
     task: Callable[[RunConfig, nn.Module], L.LightningModule]
     figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]]
     predict: Callable[[L.Trainer, L.LightningModule, L.LightningDataModule, Path], Path]  # writes to the path
+    predicts_into_folder: bool = False  # predict writes a folder of files (else one CSV file)
 
 
 def _at_root(config: RunConfig, root: str | None) -> RunConfig:
@@ -46,7 +47,8 @@ def _sentiment_data(config: RunConfig, stats: Any, predict_root: str | None) -> 
     config = _at_root(config, predict_root)
     reads_tokens = getattr(MODELS[config.model["name"]], "text_input", "states") == "tokens"
     return SentimentDataModule(config.data, stats=stats, required_splits=() if predict_root else SPLITS,
-                               tokenizer=config.model.get("backbone", "minilm") if reads_tokens else None)
+                               tokenizer=config.model.get("backbone", "minilm") if reads_tokens else None,
+                               seed=config.train.seed)
 
 
 def _regression_task(config: RunConfig, model: nn.Module) -> L.LightningModule:
@@ -206,7 +208,7 @@ TASK_KINDS: dict[str, TaskKind] = {
                            _no_figures, _predict_scores),
     "retrieval": TaskKind(_reid_data, lambda dm: {"num_classes": dm.num_classes}, _retrieval_task, _rank_list,
                           _predict_ranks),
-    "segmentation": TaskKind(_seg_data, lambda dm: {}, _segmentation_task, _prediction_grid, _predict_masks),
+    "segmentation": TaskKind(_seg_data, lambda dm: {}, _segmentation_task, _prediction_grid, _predict_masks, True),
     "segmentation3d": TaskKind(_volume_data, lambda dm: {"num_classes": dm.num_classes, "class_texts": dm.class_texts},
-                               _volume_task, _volume_figure, _predict_volumes),
+                               _volume_task, _volume_figure, _predict_volumes, True),
 }

@@ -123,6 +123,7 @@ class ReIDDataModule(L.LightningDataModule):
         sampler = RandomIdentitySampler(dataset.pids, c.batch_size, c.num_instances, seed=self.seed,
                                         num_replicas=trainer.world_size if trainer else 1,
                                         rank=trainer.global_rank if trainer else 0)
+        sampler.set_epoch(trainer.current_epoch if trainer else 0)  # a resumed run's first epoch too (resume.py)
         return DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, num_workers=c.num_workers,
                           collate_fn=self.collate, drop_last=True, persistent_workers=c.num_workers > 0)
 

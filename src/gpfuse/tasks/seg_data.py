@@ -14,6 +14,7 @@ from gpfuse.config import SegDataConfig
 from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD
 from gpfuse.data.polyp import PolypDataset, SegItem, check_items, list_folder, make_split, seg_collate
 from gpfuse.data.seg_transforms import SegTransform
+from gpfuse.tasks.resume import epoch_sampler
 from gpfuse.utils.files import atomic_write_text
 
 __all__ = ["SegDataModule"]
@@ -78,9 +79,11 @@ class SegDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         c = self.config
-        return DataLoader(self._dataset(name), batch_size=batch_size, shuffle=shuffle, num_workers=c.num_workers,
-                          collate_fn=seg_collate, drop_last=shuffle and len(self.items[name]) > batch_size,
-                          persistent_workers=c.num_workers > 0)
+        dataset = self._dataset(name)
+        sampler = epoch_sampler(dataset, self.trainer, self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=c.num_workers, collate_fn=seg_collate,
+                          drop_last=shuffle and len(self.items[name]) > batch_size, persistent_workers=c.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.config.batch_size, shuffle=True)

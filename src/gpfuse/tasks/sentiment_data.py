@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -19,17 +18,14 @@ from torch.utils.data import DataLoader, Dataset
 from gpfuse.config import SentimentDataConfig
 from gpfuse.data.features import SPLITS, SplitFeatures, load_features_npz
 from gpfuse.data.mosi import load_mosi_folder
-from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.encoders.text import encode_texts, resolve_text_model, tokenize
+from gpfuse.tasks.resume import epoch_sampler
+from gpfuse.utils.cache import default_cache_dir
 from gpfuse.utils.files import atomic_path, atomic_write_text
 
-__all__ = ["SentimentDataModule", "FeatureDataset", "default_cache_dir"]
+__all__ = ["SentimentDataModule", "FeatureDataset"]
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("GPFUSE_CACHE", Path.home() / ".cache" / "gpfuse"))
 
 
 class FeatureDataset(Dataset):
@@ -63,9 +59,9 @@ class SentimentDataModule(L.LightningDataModule):
     train statistics over real steps (kept in :attr:`stats` for prediction)."""
 
     def __init__(self, config: SentimentDataConfig, stats: dict[str, dict[str, list[float]]] | None = None,
-                 required_splits: tuple[str, ...] = SPLITS, tokenizer: str | None = None) -> None:
+                 required_splits: tuple[str, ...] = SPLITS, tokenizer: str | None = None, seed: int = 0) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.seed = config, seed
         self.required_splits = required_splits
         self.stats = stats
         self.tokenizer = tokenizer
@@ -76,12 +72,12 @@ class SentimentDataModule(L.LightningDataModule):
     def _read(self) -> dict[str, SplitFeatures]:
         cfg = self.config
         root = Path(cfg.root)
+        if cfg.synthetic_if_missing:
+            log.warning("data.synthetic_if_missing is no longer read: generated data comes only from `gpfuse demo`, "
+                        "never in place of a missing dataset")
         if cfg.source == "mosi":
             if not (root / "labels.csv").is_file():
-                if not cfg.synthetic_if_missing:
-                    raise FileNotFoundError(f"CMU-MOSI not found at {root} (labels.csv missing); set data.root")
-                log.warning("CMU-MOSI not found at %s: generating SYNTHETIC data in the same layout", root)
-                root = write_synthetic_mosi(default_cache_dir() / "synthetic_mosi")
+                raise FileNotFoundError(f"CMU-MOSI not found at {root} (labels.csv missing); set data.root")
             return load_mosi_folder(root, [m for m in cfg.modalities if m in ("text", "audio")])
         if cfg.source == "pickle":
             from gpfuse.data.sentiment_pickles import load_feature_pickle
@@ -205,8 +201,10 @@ class SentimentDataModule(L.LightningDataModule):
 
     def loader(self, split: str, shuffle: bool = False) -> DataLoader:
         dataset = FeatureDataset(self.splits[split], self.config.modalities)
-        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle,
-                          num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
+        sampler = epoch_sampler(dataset, self.trainer, self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=self.config.num_workers,
+                          persistent_workers=self.config.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self.loader("train", shuffle=True)

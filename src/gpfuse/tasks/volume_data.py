@@ -9,11 +9,13 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from torch.utils.data import DataLoader
 
 from gpfuse.config import VolumeDataConfig
 from gpfuse.data.class_text import global_prompt, local_prompts, read_class_descriptions, shipped_descriptions
 from gpfuse.data.decathlon import VolumeCase, carve_cases, check_cases, read_decathlon
-from gpfuse.data.volume_transforms import volume_transforms
+from gpfuse.data.volume_transforms import draw_from_numpy_global, volume_transforms
+from gpfuse.tasks.resume import epoch_sampler
 from gpfuse.utils.files import atomic_write_text
 
 __all__ = ["VolumeDataModule", "descriptions_path"]
@@ -85,17 +87,23 @@ class VolumeDataModule(L.LightningDataModule):
         transform = volume_transforms(c.roi_size, train, label=label, pixdim=c.pixdim, intensity=c.intensity,
                                       ct_window=c.ct_window, crop_foreground=c.crop_foreground,
                                       samples=c.samples_per_volume, flip_axes=c.flip_axes, flip_prob=c.flip_prob)
-        transform.set_random_state(seed=self.seed)
+        draw_from_numpy_global(transform)
         items = [{"image": it.image, "index": i, **({} if predict else {"label": it.label})}
                  for i, it in enumerate(self.cases[name])]
         if predict or c.cache_rate == 0:
             return Dataset(items, transform)
         return CacheDataset(items, transform, cache_rate=c.cache_rate, progress=False)
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool = False):
-        from monai.data import DataLoader
+    def _loader(self, name: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+        """torch's DataLoader with MONAI's collation (MONAI's own DataLoader would re-seed every transform from
+        torch's random state when it is built, away from the NumPy state that checkpoints hold; in worker
+        processes Lightning's worker seeding sets NumPy's state, which the transforms draw from)."""
+        from monai.data import list_data_collate
 
-        return DataLoader(self._dataset(name), batch_size=batch_size, shuffle=shuffle, num_workers=self.config.num_workers)
+        dataset = self._dataset(name)
+        sampler = epoch_sampler(dataset, self.trainer, self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                          num_workers=self.config.num_workers, collate_fn=list_data_collate)
 
     def train_dataloader(self):
         return self._loader("train", self.config.batch_size, shuffle=True)
