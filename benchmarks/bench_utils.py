@@ -1,5 +1,6 @@
 """Helpers shared by the benchmark scripts (run as ``python benchmarks/<script>.py``, which puts this folder
 on the import path)."""
+
 from __future__ import annotations
 
 import resource

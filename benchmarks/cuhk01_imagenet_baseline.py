@@ -7,6 +7,7 @@ Pooled last-stage features of the shipped ImageNet weights, cosine distance, on 
 
 Prints mAP / Rank-1 / mINP per split and their mean ± std; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,21 +37,30 @@ def main() -> None:
     parser.add_argument("--splits", type=int, default=10)
     args = parser.parse_args()
     encoder = get_image_encoder("efficientnet_lite0", weights="imagenet").eval()
-    transform = ImageTransform(tuple(args.size), mean=EfficientNetLite0Encoder.input_mean,
-                               std=EfficientNetLite0Encoder.input_std)
+    transform = ImageTransform(
+        tuple(args.size), mean=EfficientNetLite0Encoder.input_mean, std=EfficientNetLite0Encoder.input_std
+    )
     rows = []
     for split_index in range(args.splits):
         split = load_cuhk01(args.root, split_index, val_ids=50, seed=42)
         query, gallery = ReIDImageDataset(split.query, transform), ReIDImageDataset(split.gallery, transform)
-        cmc, mAP, mINP = evaluate_features(features(encoder, query), features(encoder, gallery),
-                                           query.pids, gallery.pids, [it.camid for it in query.items],
-                                           [it.camid for it in gallery.items], metric="cosine")
+        cmc, mAP, mINP = evaluate_features(
+            features(encoder, query),
+            features(encoder, gallery),
+            query.pids,
+            gallery.pids,
+            [it.camid for it in query.items],
+            [it.camid for it in gallery.items],
+            metric="cosine",
+        )
         rows.append((mAP, cmc[0], mINP))
         print(f"split {split_index}: mAP {mAP:.4f}  rank1 {cmc[0]:.4f}  mINP {mINP:.4f}", flush=True)
     values = np.array(rows)
     mean, std = values.mean(0), values.std(0, ddof=1) if len(values) > 1 else np.zeros(3)
-    print(f"mean ± std over {len(rows)} splits: mAP {mean[0]:.4f} ± {std[0]:.4f}  rank1 {mean[1]:.4f} ± {std[1]:.4f}"
-          f"  mINP {mean[2]:.4f} ± {std[2]:.4f}")
+    print(
+        f"mean ± std over {len(rows)} splits: mAP {mean[0]:.4f} ± {std[0]:.4f}  rank1 {mean[1]:.4f} ± {std[1]:.4f}"
+        f"  mINP {mean[2]:.4f} ± {std[2]:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ baseline for n = 2..8 modalities, at GRF's public size (d_model 64, 4 heads, 4 d
 
 Prints one table; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ def main() -> None:
     parser.add_argument("--max-n", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"batch {args.batch}, {args.length} steps per modality, d_model {args.dim}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"batch {args.batch}, {args.length} steps per modality, d_model {args.dim}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(f"{'n':>2} | {'fusion':<22} | {'parameters':>11} | {'GFLOPs':>8} | {'forward ms':>10}")
     print("-" * 66)
     for n in range(2, args.max_n + 1):

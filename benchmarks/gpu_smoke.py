@@ -8,6 +8,7 @@ peak CUDA memory. On a machine without CUDA it says so and exits 0.
 With ``--devices 2`` (or more) every system trains and evaluates under DDP. Nothing here is part of the test
 suite; the output of a run on a GPU machine is recorded in docs/results.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,14 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     rows = []
     for path in DEMO_CONFIGS:
-        overrides = [f"output_dir={args.out}", "train.accelerator=gpu", f"train.devices={args.devices}",
-                     f"train.precision={args.precision}", f"train.max_epochs={args.epochs}", "train.warmup_epochs=0"]
+        overrides = [
+            f"output_dir={args.out}",
+            "train.accelerator=gpu",
+            f"train.devices={args.devices}",
+            f"train.precision={args.precision}",
+            f"train.max_epochs={args.epochs}",
+            "train.warmup_epochs=0",
+        ]
         cfg = load_config(path, overrides)
         cfg = with_demo_data(cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"}), Path(args.out) / "data")
         torch.cuda.reset_peak_memory_stats()
@@ -52,12 +59,15 @@ def main() -> None:
         except Exception as err:  # a smoke test reports every system, whatever fails
             traceback.print_exc()
             outcome, figure = f"FAILED: {type(err).__name__}", str(err).splitlines()[0][:60] if str(err) else ""
-        rows.append((cfg.model["name"], outcome, time.perf_counter() - start, figure,
-                     torch.cuda.max_memory_allocated() / 2**20))
+        rows.append(
+            (cfg.model["name"], outcome, time.perf_counter() - start, figure, torch.cuda.max_memory_allocated() / 2**20)
+        )
     if not is_main_process():
         return
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-          f"{args.devices} device(s), precision {args.precision}, {args.epochs} epoch(s)")
+    print(
+        f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+        f"{args.devices} device(s), precision {args.precision}, {args.epochs} epoch(s)"
+    )
     print(f"{'system':<10} | {'outcome':<24} | {'seconds':>7} | {'test figure':<32} | {'peak MiB':>8}")
     for name, outcome, seconds, figure, peak in rows:
         print(f"{name:<10} | {outcome:<24} | {seconds:>7.1f} | {figure:<32} | {peak:>8.0f}")

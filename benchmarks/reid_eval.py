@@ -13,6 +13,7 @@ like-for-like single-core comparison that also avoids OpenMP spin contention on 
 
 Prints one table; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ def eval_market1501(distmat, q_pids, g_pids, q_camids, g_camids, max_rank):
 
     if num_g < max_rank:
         max_rank = num_g
-        print("Note: number of gallery samples is quite small, got {}".format(num_g))
+        print(f"Note: number of gallery samples is quite small, got {num_g}")
 
     indices = np.argsort(distmat, axis=1)
     matches = (g_pids[indices] == q_pids[:, np.newaxis]).astype(np.int32)
@@ -181,17 +182,22 @@ def main() -> None:
 
     for name, res in (("evaluate_rank", ours_rank), ("evaluate_features", ours)):
         diffs = [abs(res[1] - ref[1]), float(np.abs(res[0][[0, 4, 9]] - ref[0][[0, 4, 9]]).max()), abs(res[2] - ref[2])]
-        print(f"{name} vs torchreid: |dmAP| {diffs[0]:.1e}, max |dCMC@1,5,10| {diffs[1]:.1e}, |dmINP| "
-              f"{diffs[2]:.1e} -> {'OK' if max(diffs) <= 1e-6 else 'MISMATCH'} (tolerance 1e-6: float32 ties "
-              "are ordered by index here, arbitrarily by torchreid's quicksort)")
-    print(f"speed-up, evaluation given the distance matrix: {t_ref / t_rank:.1f}x "
-          f"(evaluate_rank vs eval_market1501)")
-    print(f"speed-up, end to end: {(t_dist + t_ref) / t_ours:.1f}x "
-          f"(evaluate_features vs distance matrix + eval_market1501); goal >= 20x")
-    print(f"peak memory: torchreid eval tracemalloc peak {trace_peak:.0f} MiB (numpy arrays; distmat "
-          f"{distmat.nbytes / 2**20:.0f} MiB given); max RSS growth: evaluate_features "
-          f"{rss_ours - rss0:.0f} MiB, then torchreid distance + eval {max(rss_ref - rss_ours, 0):.0f} MiB "
-          f"more (process high-water mark, {rss0:.0f} MiB before)")
+        print(
+            f"{name} vs torchreid: |dmAP| {diffs[0]:.1e}, max |dCMC@1,5,10| {diffs[1]:.1e}, |dmINP| "
+            f"{diffs[2]:.1e} -> {'OK' if max(diffs) <= 1e-6 else 'MISMATCH'} (tolerance 1e-6: float32 ties "
+            "are ordered by index here, arbitrarily by torchreid's quicksort)"
+        )
+    print(f"speed-up, evaluation given the distance matrix: {t_ref / t_rank:.1f}x (evaluate_rank vs eval_market1501)")
+    print(
+        f"speed-up, end to end: {(t_dist + t_ref) / t_ours:.1f}x "
+        f"(evaluate_features vs distance matrix + eval_market1501); goal >= 20x"
+    )
+    print(
+        f"peak memory: torchreid eval tracemalloc peak {trace_peak:.0f} MiB (numpy arrays; distmat "
+        f"{distmat.nbytes / 2**20:.0f} MiB given); max RSS growth: evaluate_features "
+        f"{rss_ours - rss0:.0f} MiB, then torchreid distance + eval {max(rss_ref - rss_ours, 0):.0f} MiB "
+        f"more (process high-water mark, {rss0:.0f} MiB before)"
+    )
     if gpu_peak is not None:
         print(f"evaluate_features CUDA peak allocated: {gpu_peak:.0f} MiB")
 

@@ -8,6 +8,7 @@ model, the smaller, runs first and the growth is printed too), ``torch.cuda.max_
 
 Prints one table; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ from monai.losses import DiceCELoss
 from bench_utils import peak_rss_mib
 from gpfuse.models import create_model
 
-PROMPTS = [[f"A medical image of the {n}."] + [f"Concept {k} of the {n}: a description sentence." for k in range(5)]
-           for n in ("background", "first organ", "second organ")]
+PROMPTS = [
+    [f"A medical image of the {n}."] + [f"Concept {k} of the {n}: a description sentence." for k in range(5)]
+    for n in ("background", "first organ", "second organ")
+]
 VARIANTS = {"vision-only (Swin UNETR)": {"text": False, "alignment": False}, "full BiPVL-Seg": {}}
 
 
@@ -48,23 +51,27 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = args.device
-    print(f"BiPVL-Seg, 1 patch {args.size}^3, feature size {args.feature_size}, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'variant':<26} | {'parameters':>11} | {'forward s':>9} | {'fwd+bwd s':>9} | {'peak MiB':>9} | {'growth MiB':>10}")
+    print(
+        f"BiPVL-Seg, 1 patch {args.size}^3, feature size {args.feature_size}, {device}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(f"{'variant':<26} | {'parameters':>11} | {'forward s':>9} | {'fwd+bwd s':>9} | ", end="")
+    print(f"{'peak MiB':>9} | {'growth MiB':>10}")
     before = peak_mib(device)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     for name, switches in VARIANTS.items():
         torch.manual_seed(0)
-        net = create_model("bipvl_seg", num_classes=3, class_texts=PROMPTS, feature_size=args.feature_size,
-                           **switches).to(device)
+        net = create_model(
+            "bipvl_seg", num_classes=3, class_texts=PROMPTS, feature_size=args.feature_size, **switches
+        ).to(device)
         image = torch.randn(1, 1, args.size, args.size, args.size, device=device)
         label = torch.randint(0, 3, (1, 1, args.size, args.size, args.size), device=device)
 
-        def forward() -> None:
+        def forward(net: torch.nn.Module = net, image: torch.Tensor = image) -> None:
             with torch.no_grad():
                 net({"image": image})
 
-        def step() -> None:
+        def step(net: torch.nn.Module = net, image: torch.Tensor = image, label: torch.Tensor = label) -> None:
             net.zero_grad()
             loss_fn(net({"image": image}).logits, label).backward()
 
@@ -73,8 +80,11 @@ def main() -> None:
         net.train()
         t_step = timed(step, device, args.repeats)
         peak = peak_mib(device)
-        print(f"{name:<26} | {sum(p.numel() for p in net.parameters()):>11,} | {t_forward:>9.2f} | {t_step:>9.2f} | "
-              f"{peak:>9.0f} | {peak - before:>10.0f}", flush=True)
+        print(
+            f"{name:<26} | {sum(p.numel() for p in net.parameters()):>11,} | {t_forward:>9.2f} | {t_step:>9.2f} | "
+            f"{peak:>9.0f} | {peak - before:>10.0f}",
+            flush=True,
+        )
         before = peak
 
 

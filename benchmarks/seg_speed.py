@@ -9,6 +9,7 @@ the order given and the growth per encoder is printed too).
 
 Prints one table; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,16 +60,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS))
     args = parser.parse_args()
-    print(f"EA-DK, {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'encoder':<22} | {'parameters':>10} | {'train img/s':>11} | {'infer img/s':>11} | "
-          f"{'peak RSS MiB':>12} | {'growth MiB':>10}")
+    print(
+        f"EA-DK, {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'encoder':<22} | {'parameters':>10} | {'train img/s':>11} | {'infer img/s':>11} | "
+        f"{'peak RSS MiB':>12} | {'growth MiB':>10}"
+    )
     before = peak_rss_mib()
     for encoder in args.encoders:
         params, train_rate, infer_rate = measure(encoder, args.size, args.batch, args.steps)
         peak = peak_rss_mib()
-        print(f"{encoder:<22} | {params:>10,} | {train_rate:>11.2f} | {infer_rate:>11.2f} | {peak:>12.0f} | "
-              f"{peak - before:>10.0f}", flush=True)
+        print(
+            f"{encoder:<22} | {params:>10,} | {train_rate:>11.2f} | {infer_rate:>11.2f} | {peak:>12.0f} | "
+            f"{peak - before:>10.0f}",
+            flush=True,
+        )
         before = peak
 
 

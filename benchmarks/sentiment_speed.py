@@ -9,6 +9,7 @@ memory is the process's peak resident set size after each model (it only grows; 
 
 Prints one table; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,15 +20,17 @@ import torch
 from bench_utils import peak_rss_mib
 from gpfuse.models import create_model
 
-MODELS = {"GRF (text -> audio)": ("grf", {"order": ["text", "audio"]}),
-          "PGF-Net (MiniLM + LoRA 32)": ("pgf_net", {})}
+MODELS = {"GRF (text -> audio)": ("grf", {"order": ["text", "audio"]}), "PGF-Net (MiniLM + LoRA 32)": ("pgf_net", {})}
 
 
 def batch_for(name: str, size: int, length: int = 50) -> dict[str, torch.Tensor]:
-    batch = {"audio": torch.randn(size, 1, 73), "audio_mask": torch.ones(size, 1, dtype=torch.bool),
-             "label": torch.empty(size).uniform_(-3, 3)}
+    batch = {
+        "audio": torch.randn(size, 1, 73),
+        "audio_mask": torch.ones(size, 1, dtype=torch.bool),
+        "label": torch.empty(size).uniform_(-3, 3),
+    }
     mask = torch.ones(size, length, dtype=torch.bool)
-    mask[:, length // 2:] = torch.rand(size, 1) < 0.5  # half of the utterances use half the steps
+    mask[:, length // 2 :] = torch.rand(size, 1) < 0.5  # half of the utterances use half the steps
     if name == "pgf_net":
         return {**batch, "text_ids": torch.randint(1000, 20000, (size, length)), "text_mask": mask}
     return {**batch, "text": torch.randn(size, length, 384), "text_mask": mask}
@@ -66,16 +69,23 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
-    print(f"batch {args.batch} x 50 text steps + 1 audio step, {args.steps} timed steps, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"{'model':<28} | {'trainable':>10} | {'total':>11} | {'train samples/s':>15} | {'infer samples/s':>15} | "
-          f"{'peak RSS MiB':>12} | {'growth MiB':>10}")
+    print(
+        f"batch {args.batch} x 50 text steps + 1 audio step, {args.steps} timed steps, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"{'model':<28} | {'trainable':>10} | {'total':>11} | {'train samples/s':>15} | {'infer samples/s':>15} | "
+        f"{'peak RSS MiB':>12} | {'growth MiB':>10}"
+    )
     before = peak_rss_mib()
     for label, (name, options) in MODELS.items():
         trainable, total, train_rate, infer_rate = measure(name, options, args.batch, args.steps)
         peak = peak_rss_mib()
-        print(f"{label:<28} | {trainable:>10,} | {total:>11,} | {train_rate:>15.1f} | {infer_rate:>15.1f} | "
-              f"{peak:>12.0f} | {peak - before:>10.0f}", flush=True)
+        print(
+            f"{label:<28} | {trainable:>10,} | {total:>11,} | {train_rate:>15.1f} | {infer_rate:>15.1f} | "
+            f"{peak:>12.0f} | {peak - before:>10.0f}",
+            flush=True,
+        )
         before = peak
 
 

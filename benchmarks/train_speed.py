@@ -12,6 +12,7 @@ loss would mean the setting changes training, not only its speed).
 
 Prints one table; nothing here is part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,11 @@ logging.getLogger("gpfuse.encoders.image").setLevel(logging.ERROR)  # "random in
 
 def _sentiment_batch(n: int, text: bool) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    batch = {"audio": torch.randn(n, 1, 73, generator=g), "audio_mask": torch.ones(n, 1, dtype=torch.bool),
-             "label": torch.empty(n).uniform_(-3, 3, generator=g)}
+    batch = {
+        "audio": torch.randn(n, 1, 73, generator=g),
+        "audio_mask": torch.ones(n, 1, dtype=torch.bool),
+        "label": torch.empty(n).uniform_(-3, 3, generator=g),
+    }
     if text:
         words = ["the", "movie", "was", "really", "not", "good", "bad", "and", "i", "think"]
         texts = [" ".join(words[(i + k) % 10] for k in range(40)) for i in range(n)]
@@ -63,10 +67,20 @@ def pgf_net():
 
 def gpf_net():
     """GPF-Net, configs/gpf_net_cuhk01.yaml: EfficientNet-Lite0, P x K = 8 x 4 images of 160 x 64, image only."""
-    model = create_model("gpf_net", num_classes=8, image_encoder="efficientnet_lite0", image_weights=None,
-                         text_model=None, dim=256, norm_first=True)
-    batch = {"image": torch.randn(32, 3, 160, 64), "pid": torch.arange(8).repeat_interleave(4),
-             "camid": torch.zeros(32, dtype=torch.long)}
+    model = create_model(
+        "gpf_net",
+        num_classes=8,
+        image_encoder="efficientnet_lite0",
+        image_weights=None,
+        text_model=None,
+        dim=256,
+        norm_first=True,
+    )
+    batch = {
+        "image": torch.randn(32, 3, 160, 64),
+        "pid": torch.arange(8).repeat_interleave(4),
+        "camid": torch.zeros(32, dtype=torch.long),
+    }
     return RetrievalTask(model, max_epochs=1), batch, torch.channels_last
 
 
@@ -82,10 +96,10 @@ def bipvl_seg():
     """BiPVL-Seg, configs/bipvl_seg_hippocampus.yaml: Swin UNETR feature size 12, 2 patches of 32 x 64 x 32,
     MiniLM class texts, alignment losses."""
     names = ("background", "anterior hippocampus", "posterior hippocampus")
-    texts = [[f"A medical image of the {n}."] + [f"The {n} is described by concept {k}." for k in range(5)]
-             for n in names]
-    model = create_model("bipvl_seg", num_classes=3, class_texts=texts, feature_size=12, fusion_heads=4,
-                         fusion_mlp=256)
+    texts = [
+        [f"A medical image of the {n}."] + [f"The {n} is described by concept {k}." for k in range(5)] for n in names
+    ]
+    model = create_model("bipvl_seg", num_classes=3, class_texts=texts, feature_size=12, fusion_heads=4, fusion_mlp=256)
     image = torch.randn(2, 1, 32, 64, 32)
     batch = {"image": image, "label": (image > 0.8).long() + (image > 1.6).long()}
     return Segmentation3DTask(model, names, roi_size=(32, 64, 32), max_epochs=1), batch, torch.channels_last_3d
@@ -129,8 +143,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     args = parser.parse_args()
-    print(f"training samples/s (loss after {args.steps} timed steps), torch {torch.__version__}, "
-          f"bf16 = autocast bfloat16 with fp32 weights; '-' where channels_last does not apply")
+    print(
+        f"training samples/s (loss after {args.steps} timed steps), torch {torch.__version__}, "
+        f"bf16 = autocast bfloat16 with fp32 weights; '-' where channels_last does not apply"
+    )
     settings = [(bf16, cl) for cl in (False, True) for bf16 in (False, True)]
     header = " | ".join(f"{('bf16' if b else 'fp32') + (' + CL' if c else ''):>17}" for b, c in settings)
     print(f"{'system':<10} | {'threads':>7} | {header}")

@@ -1,4 +1,5 @@
 """Shared fixtures: deterministic seeds and the location of the shared datasets."""
+
 from __future__ import annotations
 
 import contextlib

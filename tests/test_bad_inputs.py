@@ -1,6 +1,7 @@
 """Bad inputs as a user meets them, through the `gpfuse` command: every one ends in one `error:` line that names
 the file, key or value, exit code 2, no traceback, and nothing lost (metrics.json, sources and checkpoints are
 left as they were). Each row: (kind, what is wrong, how to make it, the words the error must hold)."""
+
 from __future__ import annotations
 
 import csv
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from conftest import run_gpfuse
+from gpfuse.config import validate_config
 from gpfuse.data.features import load_features_npz, save_features_npz
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_pickles import write_mult_pickle
@@ -22,7 +24,6 @@ from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
 from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 from gpfuse.tasks.runner import run_dir_for, train
-from gpfuse.config import validate_config
 
 GRF = {"name": "grf", "order": ["text", "audio"], "d_model": 16, "num_heads": 2, "num_layers": 1, "ffn_dim": 32}
 
@@ -38,9 +39,13 @@ def mosi(space) -> Path:
 
 
 def _grf_raw(space: Path, root: Path, **data) -> dict:
-    return {"name": "tiny", "output_dir": str(space / "runs"),
-            "data": {"source": "mosi", "root": str(root), "batch_size": 8, "max_len": {"text": 12, "audio": 1}, **data},
-            "model": GRF, "train": {"max_epochs": 1, "warmup_epochs": 0, "accelerator": "cpu"}}
+    return {
+        "name": "tiny",
+        "output_dir": str(space / "runs"),
+        "data": {"source": "mosi", "root": str(root), "batch_size": 8, "max_len": {"text": 12, "audio": 1}, **data},
+        "model": GRF,
+        "train": {"max_epochs": 1, "warmup_epochs": 0, "accelerator": "cpu"},
+    }
 
 
 def _yaml(path: Path, raw: dict) -> Path:
@@ -64,11 +69,12 @@ def _copy_run(run: Path, space: Path, name: str) -> Path:
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
-    path.write_bytes(data[:int(len(data) * keep)])
+    path.write_bytes(data[: int(len(data) * keep)])
 
 
 # ---- the rows ------------------------------------------------------------------------------------------
 # each maker gets (space, mosi, run) and returns the command's arguments
+
 
 def config_not_utf8(space, mosi, run):
     return ["train", _write_bytes(space / "latin1.yaml", "name: café\n".encode("latin-1"))]
@@ -121,8 +127,17 @@ def override_without_equals(space, mosi, run):
 
 def test_split_is_the_validation_split(space, mosi, run):
     root = write_synthetic_decathlon(space / "dec0", n_cases=4, shape=(16, 16, 16))
-    raw = {"name": "v", "data": {"source": "decathlon", "root": str(root), "descriptions": str(root / "descriptions.csv"),
-                                 "val_cases": 1, "test_cases": 0}, "model": {"name": "bipvl_seg"}}
+    raw = {
+        "name": "v",
+        "data": {
+            "source": "decathlon",
+            "root": str(root),
+            "descriptions": str(root / "descriptions.csv"),
+            "val_cases": 1,
+            "test_cases": 0,
+        },
+        "model": {"name": "bipvl_seg"},
+    }
     return ["train", _yaml(space / "testval.yaml", raw)]
 
 
@@ -162,9 +177,9 @@ def eval_truncated_weights(space, mosi, run):
 
 def eval_weights_of_another_model(space, mosi, run):
     copy = _copy_run(run, space, "other_model")
-    config = json.loads((copy / "model" / "model.json").read_text())
+    config = json.loads((copy / "model" / "config.json").read_text())
     config["options"]["d_model"] = 32
-    (copy / "model" / "model.json").write_text(json.dumps(config))
+    (copy / "model" / "config.json").write_text(json.dumps(config))
     return ["eval", copy]
 
 
@@ -207,6 +222,7 @@ def resume_malicious_checkpoint(space, mosi, run):
     class Evil:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {space / 'PWNED'}",))
 
     return _resume_with(space, mosi, run, "malicious", lambda p: p.write_bytes(pickle.dumps({"state_dict": Evil()})))
@@ -217,6 +233,7 @@ def resume_other_model_checkpoint(space, mosi, run):
         ckpt = torch.load(path, weights_only=True)
         ckpt["state_dict"] = {"model.x.weight": torch.zeros(2, 2)}
         torch.save(ckpt, path)
+
     return _resume_with(space, mosi, run, "other", other)
 
 
@@ -283,21 +300,27 @@ def _mult_splits(space: Path):
 
 
 def _npz_raw(space: Path, path: Path) -> dict:
-    return {"name": "n", "output_dir": str(space / "runs"),
-            "data": {"source": "npz", "root": str(path), "modalities": ["text", "audio"], "max_len": {}},
-            "model": {**GRF}, "train": {"max_epochs": 1, "accelerator": "cpu"}}
+    return {
+        "name": "n",
+        "output_dir": str(space / "runs"),
+        "data": {"source": "npz", "root": str(path), "modalities": ["text", "audio"], "max_len": {}},
+        "model": {**GRF},
+        "train": {"max_epochs": 1, "accelerator": "cpu"},
+    }
 
 
 def npz_nan_label(space, mosi, run):
     def change(a):
         a["train/labels"] = a["train/labels"].copy()
         a["train/labels"][1] = np.nan
+
     return ["train", _yaml(space / "npz_nan.yaml", _npz_raw(space, _npz(space, "nan_label", change)))]
 
 
 def npz_object_array(space, mosi, run):
     def change(a):
         a["valid/labels"] = np.array([1.0, "x", None], dtype=object)
+
     return ["train", _yaml(space / "npz_object.yaml", _npz_raw(space, _npz(space, "object_array", change)))]
 
 
@@ -312,10 +335,13 @@ def pickle_malicious(space, mosi, run):
 
 
 def _polyp_raw(space: Path, folder: Path, **data) -> dict:
-    return {"name": "p", "output_dir": str(space / "runs"),
-            "data": {"source": "polyp_folders", "train": [str(folder)], "split": "random", "image_size": 32, **data},
-            "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
-            "train": {"max_epochs": 1, "accelerator": "cpu", "monitor": "valid/Dice", "monitor_mode": "max"}}
+    return {
+        "name": "p",
+        "output_dir": str(space / "runs"),
+        "data": {"source": "polyp_folders", "train": [str(folder)], "split": "random", "image_size": 32, **data},
+        "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
+        "train": {"max_epochs": 1, "accelerator": "cpu", "monitor": "valid/Dice", "monitor_mode": "max"},
+    }
 
 
 def polyp_truncated_jpeg(space, mosi, run):
@@ -339,10 +365,20 @@ def polyp_missing_mask(space, mosi, run):
 
 
 def _volume_raw(space: Path, root: Path) -> dict:
-    return {"name": "v", "output_dir": str(space / "runs"),
-            "data": {"source": "decathlon", "root": str(root), "descriptions": str(root / "descriptions.csv"),
-                     "val_cases": 1, "test_cases": 1, "roi_size": [32, 32, 32]},
-            "model": {"name": "bipvl_seg", "feature_size": 12}, "train": {"max_epochs": 1, "accelerator": "cpu"}}
+    return {
+        "name": "v",
+        "output_dir": str(space / "runs"),
+        "data": {
+            "source": "decathlon",
+            "root": str(root),
+            "descriptions": str(root / "descriptions.csv"),
+            "val_cases": 1,
+            "test_cases": 1,
+            "roi_size": [32, 32, 32],
+        },
+        "model": {"name": "bipvl_seg", "feature_size": 12},
+        "train": {"max_epochs": 1, "accelerator": "cpu"},
+    }
 
 
 def nifti_truncated(space, mosi, run):
@@ -367,11 +403,13 @@ def reid_truncated_image(space, mosi, run):
     root = write_synthetic_colo_pair(space / "colo_trunc", n_videos=6, frames_per_view=2, size=48)
     image = sorted((root / "resized_frame").rglob("*.jpg"))[3]
     _truncate(image, 0.5)
-    raw = {"name": "r", "output_dir": str(space / "runs"),
-           "data": {"source": "colo_pair", "root": str(root), "image_size": [48, 48], "batch_size": 4,
-                    "num_instances": 2},
-           "model": {"name": "gpf_net", "image_encoder": "efficientnet_lite0", "image_weights": None, "dim": 32},
-           "train": {"max_epochs": 1, "accelerator": "cpu", "monitor": "valid/mAP", "monitor_mode": "max"}}
+    raw = {
+        "name": "r",
+        "output_dir": str(space / "runs"),
+        "data": {"source": "colo_pair", "root": str(root), "image_size": [48, 48], "batch_size": 4, "num_instances": 2},
+        "model": {"name": "gpf_net", "image_encoder": "efficientnet_lite0", "image_weights": None, "dim": 32},
+        "train": {"max_epochs": 1, "accelerator": "cpu", "monitor": "valid/mAP", "monitor_mode": "max"},
+    }
     return ["train", _yaml(space / "reid_trunc.yaml", raw)], image
 
 
@@ -531,7 +569,13 @@ def test_a_loss_that_is_no_longer_a_number_stops_the_run():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, callbacks=[FiniteLoss()])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        callbacks=[FiniteLoss()],
+    )
     with pytest.raises(NonFiniteLossError, match="the training loss is nan at epoch 0, batch 2"):
         trainer.fit(Diverges(), train_dataloaders=torch.utils.data.DataLoader(torch.zeros(5, 1), batch_size=1))

@@ -1,4 +1,5 @@
 """Class-description CSVs (gpfuse.data.class_text), the shipped CSVs and the synthetic Decathlon writer."""
+
 from __future__ import annotations
 
 import csv
@@ -12,13 +13,35 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from gpfuse.data.class_text import (CONCEPTS, SHIPPED, ClassDescription, global_prompt, local_prompts,
-                                    read_class_descriptions, shipped_descriptions)
+from gpfuse.data.class_text import (
+    CONCEPTS,
+    SHIPPED,
+    ClassDescription,
+    global_prompt,
+    local_prompts,
+    read_class_descriptions,
+    shipped_descriptions,
+)
 from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 
-AMOS22 = {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gall bladder", 5: "esophagus",
-          6: "liver", 7: "stomach", 8: "aorta", 9: "postcava", 10: "pancreas", 11: "right adrenal gland",
-          12: "left adrenal gland", 13: "duodenum", 14: "bladder", 15: "prostate/uterus"}
+AMOS22 = {
+    0: "background",
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gall bladder",
+    5: "esophagus",
+    6: "liver",
+    7: "stomach",
+    8: "aorta",
+    9: "postcava",
+    10: "pancreas",
+    11: "right adrenal gland",
+    12: "left adrenal gland",
+    13: "duodenum",
+    14: "bladder",
+    15: "prostate/uterus",
+}
 AMOS22_OFFICIAL = {**AMOS22, 8: "arota"}  # the spelling of AMOS22's own dataset.json
 BRAIN = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}  # json keys
 HIPPOCAMPUS = {0: "background", 1: "Anterior", 2: "Posterior"}
@@ -46,8 +69,9 @@ def _row(title: str, *, label: str | None = None, text: str = "x") -> list[str]:
 HEADER = ["Title", *CONCEPTS]
 
 
-@pytest.mark.parametrize("name, labels", [("amos22", AMOS22), ("amos22", AMOS22_OFFICIAL), ("msd_brain", BRAIN),
-                                          ("msd_hippocampus", None)])
+@pytest.mark.parametrize(
+    "name, labels", [("amos22", AMOS22), ("amos22", AMOS22_OFFICIAL), ("msd_brain", BRAIN), ("msd_hippocampus", None)]
+)
 def test_shipped_descriptions_read(name, labels):
     labels = _hippocampus_labels() if labels is None else labels
     descriptions = read_class_descriptions(shipped_descriptions(name), labels)
@@ -75,8 +99,9 @@ def test_prompts_follow_the_templates():
     anterior = read_class_descriptions(shipped_descriptions("msd_hippocampus"), HIPPOCAMPUS)[1]
     assert anterior.title == "Anterior hippocampus (hippocampal head)"
     assert global_prompt(anterior) == "A medical image of the anterior hippocampus (hippocampal head)."
-    assert local_prompts(anterior)[0] == ("Shape of the anterior hippocampus (hippocampal head): "
-                                          + anterior.concepts[0])
+    assert local_prompts(anterior)[0] == (
+        "Shape of the anterior hippocampus (hippocampal head): " + anterior.concepts[0]
+    )
     liver = read_class_descriptions(shipped_descriptions("amos22"), AMOS22)[6]
     assert global_prompt(liver) == "A medical image of the liver."
     assert local_prompts(liver)[2].startswith("Appearance/density of the liver: About 55 to 65 HU")
@@ -89,17 +114,24 @@ def test_prompts_follow_the_templates():
 
 
 def test_matching_by_title_label_case_and_alternatives(tmp_path):
-    by_title = _write_csv(tmp_path / "t.csv", HEADER,
-                          [_row("  posterior "), _row("BACKGROUND"), _row("Anterior")])
+    by_title = _write_csv(tmp_path / "t.csv", HEADER, [_row("  posterior "), _row("BACKGROUND"), _row("Anterior")])
     got = read_class_descriptions(by_title, HIPPOCAMPUS)
     assert [(d.index, d.name, d.title) for d in got] == [
-        (0, "background", "BACKGROUND"), (1, "Anterior", "Anterior"), (2, "Posterior", "posterior")]
+        (0, "background", "BACKGROUND"),
+        (1, "Anterior", "Anterior"),
+        (2, "Posterior", "posterior"),
+    ]
     assert got[1].concepts == tuple(f"{c} x" for c in CONCEPTS)
-    by_label = _write_csv(tmp_path / "l.csv", ["Label", *HEADER],
-                          [_row("Background", label="background"), _row("Head", label=" anterior"),
-                           _row("Body and tail", label="rear|POSTERIOR")])
-    assert [d.title for d in read_class_descriptions(by_label, HIPPOCAMPUS)] == ["Background", "Head",
-                                                                                "Body and tail"]
+    by_label = _write_csv(
+        tmp_path / "l.csv",
+        ["Label", *HEADER],
+        [
+            _row("Background", label="background"),
+            _row("Head", label=" anterior"),
+            _row("Body and tail", label="rear|POSTERIOR"),
+        ],
+    )
+    assert [d.title for d in read_class_descriptions(by_label, HIPPOCAMPUS)] == ["Background", "Head", "Body and tail"]
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbf" + by_title.read_bytes())
     assert len(read_class_descriptions(bom, HIPPOCAMPUS)) == 3
@@ -116,23 +148,34 @@ def test_missing_class(tmp_path):
 
 def test_row_matching_no_class(tmp_path):
     path = _write_csv(tmp_path / "d.csv", HEADER, [_row("background"), _row("Liver"), _row("Anterior")])
-    with pytest.raises(ValueError, match=re.escape(f"{path}: line 3: Title 'Liver' matches no class of the labels "
-                                                   "(0 'background', 1 'Anterior', 2 'Posterior')")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            f"{path}: line 3: Title 'Liver' matches no class of the labels "
+            "(0 'background', 1 'Anterior', 2 'Posterior')"
+        ),
+    ):
         read_class_descriptions(path, HIPPOCAMPUS)
     path = _write_csv(tmp_path / "l.csv", ["Label", *HEADER], [_row("Anterior", label="head")])
     with pytest.raises(ValueError, match=re.escape(f"{path}: line 2: Label 'head' matches no class")):
         read_class_descriptions(path, HIPPOCAMPUS)  # with a Label column the Title is not used for matching
     path = _write_csv(tmp_path / "m.csv", ["Label", *HEADER], [_row("Both", label="anterior|posterior")])
-    with pytest.raises(ValueError, match=re.escape("line 2: Label 'anterior|posterior' matches several classes "
-                                                   "(class 1 'Anterior', class 2 'Posterior')")):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "line 2: Label 'anterior|posterior' matches several classes (class 1 'Anterior', class 2 'Posterior')"
+        ),
+    ):
         read_class_descriptions(path, HIPPOCAMPUS)
 
 
 def test_duplicate_class(tmp_path):
-    path = _write_csv(tmp_path / "d.csv", HEADER,
-                      [_row("background"), _row("Anterior"), _row("Posterior"), _row(" anterior ")])
-    with pytest.raises(ValueError, match=re.escape(f"{path}: line 5: class 1 'Anterior' is described twice "
-                                                   "(first on line 3)")):
+    path = _write_csv(
+        tmp_path / "d.csv", HEADER, [_row("background"), _row("Anterior"), _row("Posterior"), _row(" anterior ")]
+    )
+    with pytest.raises(
+        ValueError, match=re.escape(f"{path}: line 5: class 1 'Anterior' is described twice (first on line 3)")
+    ):
         read_class_descriptions(path, HIPPOCAMPUS)
     with pytest.raises(ValueError, match="labels 1 and 2 have the same name 'anterior'"):
         read_class_descriptions(path, {0: "background", 1: "Anterior", 2: "anterior"})
@@ -145,7 +188,7 @@ def test_missing_and_unexpected_columns(tmp_path):
     path = _write_csv(tmp_path / "t.csv", ["Name", *CONCEPTS], [_row("background")])
     with pytest.raises(ValueError, match=re.escape(f"{path}: missing column(s) 'Title'")):
         read_class_descriptions(path, HIPPOCAMPUS)
-    path = _write_csv(tmp_path / "u.csv", [*HEADER, "Size"], [_row("background") + ["big"]])
+    path = _write_csv(tmp_path / "u.csv", [*HEADER, "Size"], [[*_row("background"), "big"]])
     with pytest.raises(ValueError, match=re.escape(f"{path}: unexpected column(s) 'Size'")):
         read_class_descriptions(path, HIPPOCAMPUS)
     empty = tmp_path / "empty.csv"
@@ -171,14 +214,15 @@ def test_empty_cells_and_bad_rows(tmp_path):
     path = _write_csv(tmp_path / "k.csv", ["Label", *HEADER], [_row("Head", label=" ")])
     with pytest.raises(ValueError, match=re.escape(f"{path}: line 2: empty 'Label'")):
         read_class_descriptions(path, HIPPOCAMPUS)
-    path = _write_csv(tmp_path / "w.csv", HEADER, [_row("background") + ["spill"]])
+    path = _write_csv(tmp_path / "w.csv", HEADER, [[*_row("background"), "spill"]])
     with pytest.raises(ValueError, match=re.escape(f"{path}: line 2 has 7 cells, the header 6")):
         read_class_descriptions(path, HIPPOCAMPUS)
 
 
 def test_synthetic_decathlon(tmp_path):
-    root = write_synthetic_decathlon(tmp_path / "a", n_cases=3, shape=(24, 20, 16), num_classes=4,
-                                     spacing=(1.5, 1.0, 2.0), seed=3)
+    root = write_synthetic_decathlon(
+        tmp_path / "a", n_cases=3, shape=(24, 20, 16), num_classes=4, spacing=(1.5, 1.0, 2.0), seed=3
+    )
     dataset = json.loads((root / "dataset.json").read_text())
     assert {"name", "labels", "modality", "training", "numTraining"} <= set(dataset)
     assert dataset["labels"] == {"0": "background", "1": "smooth organ", "2": "striped organ", "3": "spotted organ"}
@@ -196,23 +240,29 @@ def test_synthetic_decathlon(tmp_path):
         values = np.asarray(label.dataobj)
         assert values.dtype == np.uint8 and set(np.unique(values)) == {0, 1, 2, 3}
         pixels = np.asarray(image.dataobj)
-        assert pixels[values == 1].mean() > pixels[values == 2].mean() > pixels[values == 0].mean() > \
-            pixels[values == 3].mean()
+        assert (
+            pixels[values == 1].mean()
+            > pixels[values == 2].mean()
+            > pixels[values == 0].mean()
+            > pixels[values == 3].mean()
+        )
     descriptions = read_class_descriptions(root / "descriptions.csv", dataset["labels"])
     assert [d.name for d in descriptions] == list(dataset["labels"].values())
     assert global_prompt(descriptions[2]) == "A medical image of the striped organ."
 
-    again = write_synthetic_decathlon(tmp_path / "b", n_cases=3, shape=(24, 20, 16), num_classes=4,
-                                      spacing=(1.5, 1.0, 2.0), seed=3)
-    other = write_synthetic_decathlon(tmp_path / "c", n_cases=1, shape=(24, 20, 16), num_classes=4,
-                                      spacing=(1.5, 1.0, 2.0), seed=4)
+    again = write_synthetic_decathlon(
+        tmp_path / "b", n_cases=3, shape=(24, 20, 16), num_classes=4, spacing=(1.5, 1.0, 2.0), seed=3
+    )
+    other = write_synthetic_decathlon(
+        tmp_path / "c", n_cases=1, shape=(24, 20, 16), num_classes=4, spacing=(1.5, 1.0, 2.0), seed=4
+    )
     for case in dataset["training"]:
         for key in ("image", "label"):
-            assert np.array_equal(np.asarray(nib.load(root / case[key]).dataobj),
-                                  np.asarray(nib.load(again / case[key]).dataobj))
+            assert np.array_equal(
+                np.asarray(nib.load(root / case[key]).dataobj), np.asarray(nib.load(again / case[key]).dataobj)
+            )
     first = dataset["training"][0]["image"]
-    assert not np.array_equal(np.asarray(nib.load(root / first).dataobj),
-                              np.asarray(nib.load(other / first).dataobj))
+    assert not np.array_equal(np.asarray(nib.load(root / first).dataobj), np.asarray(nib.load(other / first).dataobj))
     assert (root / "descriptions.csv").read_bytes() == (again / "descriptions.csv").read_bytes()
 
 

@@ -1,5 +1,6 @@
 """Decathlon folders: reading dataset.json through MONAI, every bad case named (missing file, shape or affine
 mismatch, label out of range), seeded carving, the real MSD Hippocampus layout."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA
 from gpfuse.data.decathlon import carve_cases, check_cases, read_decathlon
 from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
-
-from conftest import SHARED_DATA
 
 
 @pytest.fixture
@@ -44,11 +44,14 @@ def _rewrite(path, array=None, affine=None):
     nib.save(nib.Nifti1Image(data, image.affine if affine is None else affine), path)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("shape", r"label shape \(16, 16, 12\) differs from its image's \(16, 16, 16\)"),
-    ("affine", "label affine differs from its image's"),
-    ("value", r"label values \[7\] outside the classes 0..2"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("shape", r"label shape \(16, 16, 12\) differs from its image's \(16, 16, 16\)"),
+        ("affine", "label affine differs from its image's"),
+        ("value", r"label values \[7\] outside the classes 0..2"),
+    ],
+)
 def test_each_bad_case_is_named(root, damage, message):
     label = root / "labelsTr" / "case_002.nii.gz"  # the second case
     if damage == "shape":
@@ -78,7 +81,9 @@ def test_carving_is_seeded_and_disjoint(root):
     cases, _ = read_decathlon(root)
     train, val, test = carve_cases(cases, (1, 2), seed=3)
     assert (len(train), len(val), len(test)) == (2, 1, 2)
-    assert not {c.name for c in train} & {c.name for c in val + test} and not {c.name for c in val} & {c.name for c in test}
+    assert not {c.name for c in train} & {c.name for c in val + test} and not {c.name for c in val} & {
+        c.name for c in test
+    }
     assert carve_cases(cases, (1, 2), seed=3) == [train, val, test]
     with pytest.raises(ValueError, match="at least one must stay"):
         carve_cases(cases, (3, 2), seed=0)
@@ -113,8 +118,9 @@ def test_flips_keep_or_swap_positional_classes(tmp_path, flip_axes, swapped):
     never involve one left out."""
     from gpfuse.data.volume_transforms import volume_transforms
 
-    transform = volume_transforms((16, 16, 16), train=True, crop_foreground=False, samples=1, flip_axes=flip_axes,
-                                  flip_prob=1.0)
+    transform = volume_transforms(
+        (16, 16, 16), train=True, crop_foreground=False, samples=1, flip_axes=flip_axes, flip_prob=1.0
+    )
     out = transform(_two_class_case(tmp_path))[0]["label"][0].numpy()
     front, back = (np.argwhere(out == c)[:, 1].mean() for c in (1, 2))
     assert (front > back) == swapped

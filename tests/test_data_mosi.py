@@ -1,4 +1,5 @@
 """The shared CMU-MOSI layout: the real copy (skipped when absent) and bad input."""
+
 from __future__ import annotations
 
 import csv
@@ -59,6 +60,7 @@ def test_bad_files_are_named(tmp_path, caplog):
     def drop_text(rows, fields):
         rows[0]["text"] = ""
         return rows, fields
+
     _rewrite(root / "transcripts.csv", drop_text)
     with caplog.at_level(logging.WARNING):
         splits = load_mosi_folder(root)
@@ -71,12 +73,14 @@ def test_bad_files_are_named(tmp_path, caplog):
     def bad_label(rows, fields):
         rows[2]["sentiment"] = "very good"
         return rows, fields
+
     _rewrite(root / "labels.csv", bad_label)
     with pytest.raises(ValueError, match=r"labels.csv, row 4: bad sentiment value 'very good'"):
         load_mosi_folder(root, ["audio"])
 
     def no_split(rows, fields):
         return [{k: v for k, v in r.items() if k != "standard_split"} for r in rows], fields[:-1]
+
     _rewrite(root / "labels.csv", no_split)
     with pytest.raises(ValueError, match=r"missing column\(s\) \['standard_split'\]"):
         load_mosi_folder(root, ["audio"])

@@ -1,4 +1,5 @@
 """Polyp image/mask folders: pairing, every bad input named, the three splits, transforms, real layouts."""
+
 from __future__ import annotations
 
 import logging
@@ -9,12 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from gpfuse.data.polyp import (PolypDataset, SegItem, check_items, hold_out, list_folder, make_split, read_mask,
-                               seg_collate)
+from conftest import SHARED_DATA
+from gpfuse.data.polyp import (
+    PolypDataset,
+    SegItem,
+    check_items,
+    hold_out,
+    list_folder,
+    make_split,
+    read_mask,
+    seg_collate,
+)
 from gpfuse.data.seg_transforms import SegTransform
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
-
-from conftest import SHARED_DATA
 
 
 @pytest.fixture
@@ -44,11 +52,14 @@ def test_empty_and_missing_folders_are_named(tmp_path):
         list_folder(tmp_path / "nomasks")
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("no_mask", "image without a mask"),
-    ("unreadable", "unreadable image"),
-    ("wrong_size", "mask size 20x32 differs from its image's 32x32"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no_mask", "image without a mask"),
+        ("unreadable", "unreadable image"),
+        ("wrong_size", "mask size 20x32 differs from its image's 32x32"),
+    ],
+)
 def test_each_bad_pair_is_named_raised_or_skipped_with_a_count(folder, damage, message, caplog):
     if damage == "no_mask":
         (folder / "masks" / "005.png").unlink()
@@ -99,10 +110,15 @@ def test_random_and_grouped_hold_out(folder):
 def test_make_split_never_lets_validation_touch_a_test_set(folder):
     items = list_folder(folder)
     split = make_split(items, [], {}, "group", 0.25, 0.34, seed=3)
-    groups = {name: {it.group for it in part} for name, part in
-              (("train", split.train), ("val", split.val), ("test", split.test["held_out"]))}
+    groups = {
+        name: {it.group for it in part}
+        for name, part in (("train", split.train), ("val", split.val), ("test", split.test["held_out"]))
+    }
     assert groups["train"].isdisjoint(groups["val"]) and groups["train"].isdisjoint(groups["test"])
-    assert groups["val"].isdisjoint(groups["test"]) and len(split.train) + len(split.val) + len(split.test["held_out"]) == 12
+    assert (
+        groups["val"].isdisjoint(groups["test"])
+        and len(split.train) + len(split.val) + len(split.test["held_out"]) == 12
+    )
     given = make_split(items[:8], items[8:10], {"other": items[10:]}, "given", 0.2, 0.1, seed=0)
     assert len(given.train) == 8 and len(given.val) == 2 and list(given.test) == ["other"]
     with pytest.raises(ValueError, match="no test set"):
@@ -123,7 +139,9 @@ def test_transform_keeps_image_and_mask_aligned():
         assert inside.mean() > 0.9 and (outside < 0.5).float().mean() > 0.9  # white under the mask only
     x, y = SegTransform(32)(Image.fromarray(image), mask)  # eval: resize + ImageNet normalisation only
     assert y[0, :, :16].all() and not y[0, :, 16:].any()
-    torch.testing.assert_close(x[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(
+        x[:, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    )
     with pytest.raises(ValueError, match="flip_p"):
         SegTransform(32, scale=(1.2, 1.0))
 

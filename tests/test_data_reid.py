@@ -1,8 +1,11 @@
 """Re-identification data: Colo-Pair, Market-1501 and CUHK01 layouts, transforms, dataset, P x K sampler."""
+
 from __future__ import annotations
 
 import csv
+import functools
 import logging
+import operator
 import shutil
 from collections import Counter
 
@@ -14,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from gpfuse.data.colo_pair import colo_pair_fold_videos, load_colo_pair, read_report_table
 from gpfuse.data.cuhk01 import list_cuhk01, load_cuhk01
-from gpfuse.data.market1501 import load_market1501
 from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD, read_image
+from gpfuse.data.market1501 import load_market1501
 from gpfuse.data.reid import ImageTransform, RandomIdentitySampler, ReIDImageDataset, ReIDItem, ReIDSplit
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair, write_synthetic_market1501
 
@@ -58,7 +61,7 @@ def test_fold_rule_reproduces_the_spec_for_31_videos():
     # any N: contiguous blocks, partition of the sorted list, last block the shortest
     twelve = [f"v{i:02d}x" for i in range(13)]
     blocks = [colo_pair_fold_videos(twelve, f) for f in range(4)]
-    assert [len(b) for b in blocks] == [3, 3, 3, 4] and sum(reversed(blocks), []) == twelve
+    assert [len(b) for b in blocks] == [3, 3, 3, 4] and functools.reduce(operator.iadd, reversed(blocks), []) == twelve
     with pytest.raises(ValueError, match="fold must be in"):
         colo_pair_fold_videos(videos, 4)
     with pytest.raises(ValueError, match="num_folds"):
@@ -229,8 +232,9 @@ def test_cuhk01_real(cuhk01_root):
         assert not (train_ids & {f"{p:04d}" for p in test}) and not (train_ids & _groups(split.val_query))
         assert len(train_ids | _groups(split.val_query) | _groups(split.query)) == 971
         assert all(it.path.endswith(("001.png", "002.png")) and it.camid == 0 for it in split.query + split.val_query)
-        assert all(it.path.endswith(("003.png", "004.png")) and it.camid == 1
-                   for it in split.gallery + split.val_gallery)
+        assert all(
+            it.path.endswith(("003.png", "004.png")) and it.camid == 1 for it in split.gallery + split.val_gallery
+        )
         assert len(split.query) == len(split.gallery) == 972
         tests.append(frozenset(test))
     assert len(set(tests)) == 10
@@ -276,7 +280,7 @@ def test_random_identity_sampler():
     first = list(sampler)
     assert len(first) == len(sampler) and len(first) % 6 == 0 and len(first) >= 12
     for b in range(0, len(first), 6):
-        batch = [pids[i] for i in first[b:b + 6]]
+        batch = [pids[i] for i in first[b : b + 6]]
         counts = Counter(batch)
         assert len(counts) == 3 and set(counts.values()) == {2}
         for k in range(0, 6, 2):  # K consecutive indices per identity
@@ -287,8 +291,9 @@ def test_random_identity_sampler():
     second = list(sampler)
     assert second != first and len(second) == len(sampler)
     # an identity with fewer than K images is drawn with replacement (pid 2 has only index 9)
-    assert Counter(first + second)[9] in (2, 4) and Counter(i for i in first if pids[i] == 4) == Counter(set(
-        i for i in first if pids[i] == 4))  # ... and the others without
+    assert Counter(first + second)[9] in (2, 4) and Counter(i for i in first if pids[i] == 4) == Counter(
+        set(i for i in first if pids[i] == 4)
+    )  # ... and the others without
     small = RandomIdentitySampler([0, 1, 1, 1], batch_size=4, num_instances=2)
     assert len(small) == 4 and Counter(small)[0] == 2
     with pytest.raises(ValueError, match="multiple of num_instances"):
@@ -306,11 +311,11 @@ def test_random_identity_sampler_shares_whole_batches_between_processes():
     assert isinstance(shares[0], torch.utils.data.DistributedSampler)  # Lightning leaves it in place under DDP
     lists = [list(s) for s in shares]
     assert len({len(x) for x in lists}) == 1 and len(lists[0]) % 6 == 0 and len(lists[0]) == len(shares[0])
-    batches = [whole[b:b + 6] for b in range(0, len(whole), 6)]
+    batches = [whole[b : b + 6] for b in range(0, len(whole), 6)]
     for rank, mine in enumerate(lists):
-        assert [mine[b:b + 6] for b in range(0, len(mine), 6)] == batches[rank::3][:len(mine) // 6]
+        assert [mine[b : b + 6] for b in range(0, len(mine), 6)] == batches[rank::3][: len(mine) // 6]
         for b in range(0, len(mine), 6):  # each process's batches stay P x K
-            assert set(Counter(pids[i] for i in mine[b:b + 6]).values()) == {2}
+            assert set(Counter(pids[i] for i in mine[b : b + 6]).values()) == {2}
     with pytest.raises(ValueError, match="rank"):
         RandomIdentitySampler(pids, 6, 2, num_replicas=2, rank=2)
 
@@ -331,15 +336,16 @@ def test_transform_normalisation_by_hand():
 def test_train_transform_is_seeded_crop_and_flip():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (20, 12, 3), dtype=np.uint8))
-    base = ImageTransform((20, 12))(image) * torch.tensor(IMAGENET_STD).view(3, 1, 1) + \
-        torch.tensor(IMAGENET_MEAN).view(3, 1, 1)  # the [0, 1] image
+    base = ImageTransform((20, 12))(image) * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(
+        IMAGENET_MEAN
+    ).view(3, 1, 1)  # the [0, 1] image
     t = ImageTransform((20, 12), train=True, pad=3)
     for seed in range(6):
         out = t(image, generator=torch.Generator().manual_seed(seed))
         g = torch.Generator().manual_seed(seed)
         top, left = torch.randint(0, 7, (2,), generator=g).tolist()
         flip = torch.rand((), generator=g).item() < 0.5
-        manual = torch.nn.functional.pad(base, (3, 3, 3, 3))[:, top:top + 20, left:left + 12]
+        manual = torch.nn.functional.pad(base, (3, 3, 3, 3))[:, top : top + 20, left : left + 12]
         manual = manual.flip(-1) if flip else manual
         manual = (manual - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
         torch.testing.assert_close(out, manual, atol=1e-5, rtol=0)

@@ -2,6 +2,7 @@
 data. A 2-process training run writes one run folder; its figures, the same model evaluated in this one process
 and evaluated again under 2 processes agree (splits of odd size included, so DistributedSampler pads); the run
 resumes under 2 processes."""
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,19 @@ DDP = ["--set", "train.accelerator=cpu", "--set", "train.devices=2", "--set", "t
 
 def _gpfuse(*args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
-    proc = subprocess.run([sys.executable, "-m", "gpfuse.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpfuse.cli", *args], capture_output=True, text=True, env=env, timeout=600
+    )
     assert proc.returncode == 0, f"gpfuse {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
     path = tmp_path / f"{raw['name']}.yaml"
-    raw = {**raw, "output_dir": str(tmp_path / "runs"),
-           "train": {"max_epochs": 1, "warmup_epochs": 0, "seed": 7, **raw["train"]}}
+    raw = {
+        **raw,
+        "output_dir": str(tmp_path / "runs"),
+        "train": {"max_epochs": 1, "warmup_epochs": 0, "seed": 7, **raw["train"]},
+    }
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -73,43 +78,99 @@ def _train_evaluate_resume(config: Path, exact: bool = False) -> Path:
 
 def test_regression(tmp_path):
     root = write_synthetic_mosi(tmp_path / "mosi", n_videos=14, segments_per_video=5)
-    config = _write(tmp_path, {
-        "name": "ddp_grf",
-        "data": {"source": "mosi", "root": str(root), "cache_dir": str(tmp_path / "cache"), "batch_size": 4,
-                 "max_len": {"text": 16, "audio": 1}},
-        "model": {"name": "grf", "order": ["text", "audio"], "d_model": 16, "num_heads": 2, "num_layers": 1,
-                  "ffn_dim": 32},
-        "train": {}})
+    config = _write(
+        tmp_path,
+        {
+            "name": "ddp_grf",
+            "data": {
+                "source": "mosi",
+                "root": str(root),
+                "cache_dir": str(tmp_path / "cache"),
+                "batch_size": 4,
+                "max_len": {"text": 16, "audio": 1},
+            },
+            "model": {
+                "name": "grf",
+                "order": ["text", "audio"],
+                "d_model": 16,
+                "num_heads": 2,
+                "num_layers": 1,
+                "ffn_dim": 32,
+            },
+            "train": {},
+        },
+    )
     run = _train_evaluate_resume(config)
     assert _lines(run / "splits" / "valid.txt", header=False) % 2 == 1
 
 
 def test_retrieval(tmp_path):
     root = write_synthetic_colo_pair(tmp_path / "colo", n_videos=13, frames_per_view=3, size=48)
-    config = _write(tmp_path, {
-        "name": "ddp_gpf",
-        "data": {"source": "colo_pair", "root": str(root), "image_size": [48, 48], "batch_size": 4,
-                 "num_instances": 2, "val_ids": 2, "eval_batch_size": 3},
-        # ImageNet features and pre-LN fusion: embeddings far apart, so rankings have no near-ties that float
-        # rounding (thread count, batch composition) could flip
-        "model": {"name": "gpf_net", "image_encoder": "efficientnet_lite0", "image_weights": "imagenet", "dim": 32,
-                  "num_fusion_layers": 1, "fusion_heads": 4, "fusion_ffn": 64, "final_layers": 1, "final_ffn": 64,
-                  "max_text_len": 16, "norm_first": True},
-        "train": {"monitor": "valid/mAP", "monitor_mode": "max"}})
+    config = _write(
+        tmp_path,
+        {
+            "name": "ddp_gpf",
+            "data": {
+                "source": "colo_pair",
+                "root": str(root),
+                "image_size": [48, 48],
+                "batch_size": 4,
+                "num_instances": 2,
+                "val_ids": 2,
+                "eval_batch_size": 3,
+            },
+            # ImageNet features and pre-LN fusion: embeddings far apart, so rankings have no near-ties that float
+            # rounding (thread count, batch composition) could flip
+            "model": {
+                "name": "gpf_net",
+                "image_encoder": "efficientnet_lite0",
+                "image_weights": "imagenet",
+                "dim": 32,
+                "num_fusion_layers": 1,
+                "fusion_heads": 4,
+                "fusion_ffn": 64,
+                "final_layers": 1,
+                "final_ffn": 64,
+                "max_text_len": 16,
+                "norm_first": True,
+            },
+            "train": {"monitor": "valid/mAP", "monitor_mode": "max"},
+        },
+    )
     run = _train_evaluate_resume(config, exact=True)
-    sizes = [_lines(run / "splits" / f"{name}.txt", header=True) for name in ("val_query", "val_gallery", "query", "gallery")]
+    sizes = [
+        _lines(run / "splits" / f"{name}.txt", header=True) for name in ("val_query", "val_gallery", "query", "gallery")
+    ]
     assert any(n % 2 for n in sizes), sizes
     assert "query/mAP" in json.loads((run / "metrics.json").read_text())["test"]
 
 
 def test_segmentation(tmp_path):
     folder = write_synthetic_polyp_folder(tmp_path / "polyp", n_images=19, size=40, seed=0)
-    config = _write(tmp_path, {
-        "name": "ddp_ea_dk",
-        "data": {"source": "polyp_folders", "train": [str(folder)], "split": "random", "test_fraction": 0.25,
-                 "val_fraction": 0.3, "image_size": 32, "batch_size": 4, "eval_batch_size": 2},
-        "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
-        "train": {"optimizer": "sgd", "lr": 0.01, "schedule": "poly", "monitor": "valid/Dice", "monitor_mode": "max"}})
+    config = _write(
+        tmp_path,
+        {
+            "name": "ddp_ea_dk",
+            "data": {
+                "source": "polyp_folders",
+                "train": [str(folder)],
+                "split": "random",
+                "test_fraction": 0.25,
+                "val_fraction": 0.3,
+                "image_size": 32,
+                "batch_size": 4,
+                "eval_batch_size": 2,
+            },
+            "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
+            "train": {
+                "optimizer": "sgd",
+                "lr": 0.01,
+                "schedule": "poly",
+                "monitor": "valid/Dice",
+                "monitor_mode": "max",
+            },
+        },
+    )
     run = _train_evaluate_resume(config)
     sizes = [_lines(run / "splits" / f"{name}.txt", header=True) for name in ("valid", "test_held_out")]
     assert any(n % 2 for n in sizes), sizes
@@ -117,13 +178,26 @@ def test_segmentation(tmp_path):
 
 def test_segmentation3d(tmp_path):
     root = write_synthetic_decathlon(tmp_path / "dec", n_cases=6, shape=(32, 64, 32), num_classes=3)
-    config = _write(tmp_path, {
-        "name": "ddp_bipvl",
-        "data": {"source": "decathlon", "root": str(root), "descriptions": str(root / "descriptions.csv"),
-                 "val_cases": 1, "test_cases": 3, "roi_size": [32, 64, 32], "samples_per_volume": 1,
-                 "crop_foreground": False, "sw_batch_size": 1, "cache_rate": 0.0},
-        # vision-only: the gathering is the task's, and the text branch would only add start-up time
-        "model": {"name": "bipvl_seg", "feature_size": 12, "text": False, "alignment": False},
-        "train": {"lr": 1e-3, "monitor": "valid/mean_dice", "monitor_mode": "max"}})
+    config = _write(
+        tmp_path,
+        {
+            "name": "ddp_bipvl",
+            "data": {
+                "source": "decathlon",
+                "root": str(root),
+                "descriptions": str(root / "descriptions.csv"),
+                "val_cases": 1,
+                "test_cases": 3,
+                "roi_size": [32, 64, 32],
+                "samples_per_volume": 1,
+                "crop_foreground": False,
+                "sw_batch_size": 1,
+                "cache_rate": 0.0,
+            },
+            # vision-only: the gathering is the task's, and the text branch would only add start-up time
+            "model": {"name": "bipvl_seg", "feature_size": 12, "text": False, "alignment": False},
+            "train": {"lr": 1e-3, "monitor": "valid/mean_dice", "monitor_mode": "max"},
+        },
+    )
     run = _train_evaluate_resume(config)
     assert _lines(run / "splits" / "test.txt", header=True) == 3

@@ -1,4 +1,5 @@
 """Image encoders: torchvision-exact ResNet-50 names, the shipped EfficientNet-Lite0 weights, interface."""
+
 from __future__ import annotations
 
 import logging
@@ -9,8 +10,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from gpfuse.encoders import (EfficientNetLite0Encoder, ResNet50Encoder, efficientnet_lite0_weights_path,
-                             get_image_encoder, global_pool, load_image_weights)
+from gpfuse.encoders import (
+    EfficientNetLite0Encoder,
+    ResNet50Encoder,
+    efficientnet_lite0_weights_path,
+    get_image_encoder,
+    global_pool,
+    load_image_weights,
+)
 
 # torchvision.models.resnet50().state_dict(): key, shape (empty shape = scalar num_batches_tracked)
 RESNET50_TORCHVISION = """
@@ -335,8 +342,10 @@ layer4.2.bn3.num_batches_tracked
 fc.weight 1000,2048
 fc.bias 1000
 """
-RESNET50_KEYS = [(key, tuple(int(d) for d in shape[0].split(",")) if shape else ())
-                 for key, *shape in (line.split() for line in RESNET50_TORCHVISION.strip().splitlines())]
+RESNET50_KEYS = [
+    (key, tuple(int(d) for d in shape[0].split(",")) if shape else ())
+    for key, *shape in (line.split() for line in RESNET50_TORCHVISION.strip().splitlines())
+]
 
 EFFNET_STAGE_SHAPES_224 = [(3, 224, 224), (32, 112, 112), (24, 56, 56), (40, 28, 28), (112, 14, 14), (320, 7, 7)]
 RESNET_STAGE_SHAPES_64 = [(3, 64, 64), (64, 32, 32), (256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]
@@ -443,9 +452,13 @@ def test_efficientnet_lite0_classifies_grace_hopper(lite0):
     assert probs.argmax().item() == 652 and probs.max() > 0.2
 
 
-@pytest.mark.parametrize("name, shapes", [("resnet50", RESNET_STAGE_SHAPES_64),
-                                          ("efficientnet_lite0", [(3, 64, 64), (32, 32, 32), (24, 16, 16),
-                                                                  (40, 8, 8), (112, 4, 4), (320, 2, 2)])])
+@pytest.mark.parametrize(
+    "name, shapes",
+    [
+        ("resnet50", RESNET_STAGE_SHAPES_64),
+        ("efficientnet_lite0", [(3, 64, 64), (32, 32, 32), (24, 16, 16), (40, 8, 8), (112, 4, 4), (320, 2, 2)]),
+    ],
+)
 def test_forward_shapes_and_out_channels(name, shapes):
     model = get_image_encoder(name)
     features = model(torch.randn(2, 3, 64, 64))

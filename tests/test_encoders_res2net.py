@@ -1,5 +1,6 @@
 """Res2Net-50 26w x 4s encoders: the official key names and shapes (v1 ``res2net.py`` / timm, v1b
 ``res2net_v1b.py``), strict loading, feature shapes, stems with other channel counts, block semantics."""
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,9 @@ V1, V1B = "res2net50_26w_4s", "res2net50_v1b_26w_4s"
 
 
 def _bn(prefix: str, c: int) -> list[tuple[str, tuple[int, ...]]]:
-    return [(f"{prefix}.{n}", (c,)) for n in ("weight", "bias", "running_mean", "running_var")] + \
-        [(f"{prefix}.num_batches_tracked", ())]
+    return [(f"{prefix}.{n}", (c,)) for n in ("weight", "bias", "running_mean", "running_var")] + [
+        (f"{prefix}.num_batches_tracked", ())
+    ]
 
 
 def res2net50_keys(v1b: bool) -> list[tuple[str, tuple[int, ...]]]:
@@ -28,8 +30,13 @@ def res2net50_keys(v1b: bool) -> list[tuple[str, tuple[int, ...]]]:
     ``1`` conv, ``2`` BN); v1b stem ``conv1`` = Sequential(conv 3->32 s2, BN, ReLU, conv 32->32, BN, ReLU,
     conv 32->64)."""
     if v1b:
-        keys = [("conv1.0.weight", (32, 3, 3, 3)), *_bn("conv1.1", 32), ("conv1.3.weight", (32, 32, 3, 3)),
-                *_bn("conv1.4", 32), ("conv1.6.weight", (64, 32, 3, 3))]
+        keys = [
+            ("conv1.0.weight", (32, 3, 3, 3)),
+            *_bn("conv1.1", 32),
+            ("conv1.3.weight", (32, 32, 3, 3)),
+            *_bn("conv1.4", 32),
+            ("conv1.6.weight", (64, 32, 3, 3)),
+        ]
     else:
         keys = [("conv1.weight", (64, 3, 7, 7))]
     keys += _bn("bn1", 64)
@@ -46,7 +53,7 @@ def res2net50_keys(v1b: bool) -> list[tuple[str, tuple[int, ...]]]:
                 d = 1 if v1b else 0
                 keys += [(f"{p}.downsample.{d}.weight", (out, inplanes, 1, 1)), *_bn(f"{p}.downsample.{d + 1}", out)]
             inplanes = out
-    return keys + [("fc.weight", (1000, 2048)), ("fc.bias", (1000,))]
+    return [*keys, ("fc.weight", (1000, 2048)), ("fc.bias", (1000,))]
 
 
 KEYS = {V1: res2net50_keys(v1b=False), V1B: res2net50_keys(v1b=True)}
@@ -165,8 +172,9 @@ def test_feature_shapes(models, name, size):
     with torch.no_grad():
         features = model(torch.randn(1, 3, *size))
     strides = (1, 2, 4, 8, 16, 32)
-    assert [tuple(f.shape) for f in features] == \
-        [(1, c, math.ceil(size[0] / s), math.ceil(size[1] / s)) for c, s in zip(model.out_channels, strides)]
+    assert [tuple(f.shape) for f in features] == [
+        (1, c, math.ceil(size[0] / s), math.ceil(size[1] / s)) for c, s in zip(model.out_channels, strides)
+    ]
     assert all(torch.isfinite(f).all() for f in features)
     assert global_pool(features).shape == (1, 2048)
 
@@ -207,7 +215,7 @@ def test_eval_batch_independence(models, name):
     x = torch.randn(3, 3, 64, 96)
     with torch.no_grad():
         both = model(x)
-        alone = [model(x[i:i + 1]) for i in range(3)]
+        alone = [model(x[i : i + 1]) for i in range(3)]
         logits = model.forward_logits(x)
     for level, f in enumerate(both):
         single = torch.cat([a[level] for a in alone])
@@ -245,7 +253,7 @@ def test_stage_block_pools_the_last_split(avg_down):
     assert w == 52
     with torch.no_grad():
         s = F.relu(block.bn1(block.conv1(x)))
-        s0, s1, s2, s3 = s[:, :w], s[:, w:2 * w], s[:, 2 * w:3 * w], s[:, 3 * w:]
+        s0, s1, s2, s3 = s[:, :w], s[:, w : 2 * w], s[:, 2 * w : 3 * w], s[:, 3 * w :]
         y0 = F.relu(block.bns[0](block.convs[0](s0)))
         y1 = F.relu(block.bns[1](block.convs[1](s1)))
         y2 = F.relu(block.bns[2](block.convs[2](s2)))
@@ -280,7 +288,7 @@ def test_normal_block_is_hierarchical():
     w = block.width
     with torch.no_grad():
         s = F.relu(block.bn1(block.conv1(x)))
-        s0, s1, s2, s3 = s[:, :w], s[:, w:2 * w], s[:, 2 * w:3 * w], s[:, 3 * w:]
+        s0, s1, s2, s3 = s[:, :w], s[:, w : 2 * w], s[:, 2 * w : 3 * w], s[:, 3 * w :]
         y0 = F.relu(block.bns[0](block.convs[0](s0)))
         y1 = F.relu(block.bns[1](block.convs[1](s1 + y0)))
         y2 = F.relu(block.bns[2](block.convs[2](s2 + y1)))
@@ -294,8 +302,8 @@ def test_normal_block_is_hierarchical():
     block.convs[0].weight.data.mul_(-2.0)
     after = _conv3_input(block, x)
     for i in range(3):
-        assert not torch.allclose(before[:, i * w:(i + 1) * w], after[:, i * w:(i + 1) * w]), i
-    assert torch.equal(before[:, 3 * w:], after[:, 3 * w:])
+        assert not torch.allclose(before[:, i * w : (i + 1) * w], after[:, i * w : (i + 1) * w]), i
+    assert torch.equal(before[:, 3 * w :], after[:, 3 * w :])
 
 
 def test_models_use_stage_blocks_first(models):

@@ -1,4 +1,5 @@
 """The fusion core: shapes, masks, gradients, eval-mode batch independence, linear growth of GRF."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,6 +18,7 @@ def _grad_check(module: torch.nn.Module, loss: torch.Tensor) -> None:
 
 
 # ---- binary fusions ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(BINARY_FUSIONS))
 def test_binary_fusion_shapes_gate_and_grad(name):
@@ -38,7 +40,7 @@ def test_binary_fusion_batch_independent_in_eval(name):
     fuse = build_fusion(name, dim=D).eval()
     a, b = torch.randn(4, 3, D), torch.randn(4, 3, D)
     together = fuse(a, b)
-    alone = torch.cat([fuse(a[i:i + 1], b[i:i + 1]) for i in range(4)])
+    alone = torch.cat([fuse(a[i : i + 1], b[i : i + 1]) for i in range(4)])
     torch.testing.assert_close(together, alone)
 
 
@@ -79,6 +81,7 @@ def test_unknown_fusion_and_bad_options_are_named():
 
 
 # ---- attention --------------------------------------------------------------------------------------
+
 
 def _pad(x: torch.Tensor, extra: int) -> torch.Tensor:
     return torch.cat([x, 100 * torch.randn(x.shape[0], extra, x.shape[2])], dim=1)
@@ -123,22 +126,28 @@ def test_attention_shapes_grad_and_batch_independence(name):
     module.eval()
     with torch.no_grad():
         together = _run_pair(name, module, a, b, None, mask_b)
-        alone = [_run_pair(name, module, a[i:i + 1], b[i:i + 1], None, mask_b[i:i + 1]) for i in range(3)]
+        alone = [_run_pair(name, module, a[i : i + 1], b[i : i + 1], None, mask_b[i : i + 1]) for i in range(3)]
     for k in range(len(together)):
         torch.testing.assert_close(together[k], torch.cat([o[k] for o in alone]), atol=1e-5, rtol=1e-5)
 
 
 # ---- stacks -----------------------------------------------------------------------------------------
 
+
 def _grf(order, num_layers=1, gate="gfu"):
-    return build_fusion("recursive", order=order, block={
-        "name": "grf_block", "dim": D, "num_heads": 2, "num_layers": num_layers, "ffn_dim": 32, "gate": gate})
+    return build_fusion(
+        "recursive",
+        order=order,
+        block={"name": "grf_block", "dim": D, "num_heads": 2, "num_layers": num_layers, "ffn_dim": 32, "gate": gate},
+    )
 
 
 def _modalities(names, batch=3, length=5):
     inputs = {m: torch.randn(batch, length + i, D) for i, m in enumerate(names)}
-    masks = {m: torch.arange(x.shape[1]).expand(batch, -1) < torch.tensor([[x.shape[1]], [2], [3]])[:batch]
-             for m, x in inputs.items()}
+    masks = {
+        m: torch.arange(x.shape[1]).expand(batch, -1) < torch.tensor([[x.shape[1]], [2], [3]])[:batch]
+        for m, x in inputs.items()
+    }
     return inputs, masks
 
 
@@ -159,8 +168,12 @@ def test_recursive_fusion_padding_and_batch_independence():
         padded = {m: _pad(x, 4) for m, x in inputs.items()}
         pmasks = {m: torch.cat([k, torch.zeros(3, 4, dtype=torch.bool)], 1) for m, k in masks.items()}
         torch.testing.assert_close(fusion(padded, pmasks).state, ref, atol=1e-5, rtol=1e-5)
-        alone = torch.cat([fusion({m: x[i:i + 1] for m, x in inputs.items()},
-                                  {m: k[i:i + 1] for m, k in masks.items()}).state for i in range(3)])
+        alone = torch.cat(
+            [
+                fusion({m: x[i : i + 1] for m, x in inputs.items()}, {m: k[i : i + 1] for m, k in masks.items()}).state
+                for i in range(3)
+            ]
+        )
     torch.testing.assert_close(alone, ref, atol=1e-5, rtol=1e-5)
 
 
@@ -226,8 +239,15 @@ def test_progressive_fusion_rejects_zero_layers():
 
 def test_all_pairs_baseline_grows_quadratically_and_respects_masks():
     names = [f"m{i}" for i in range(5)]
-    params = [sum(p.numel() for p in build_fusion("all_pairs", order=names[:n], dim=D, num_heads=2, num_layers=1,
-                                                  ffn_dim=32).parameters()) for n in range(2, 6)]
+    params = [
+        sum(
+            p.numel()
+            for p in build_fusion(
+                "all_pairs", order=names[:n], dim=D, num_heads=2, num_layers=1, ffn_dim=32
+            ).parameters()
+        )
+        for n in range(2, 6)
+    ]
     second = [params[i + 2] - 2 * params[i + 1] + params[i] for i in range(2)]
     assert second[0] > 0 and second[0] == second[1]  # n(n-1) stacks: constant positive second difference
     fusion = build_fusion("all_pairs", order=["a", "b"], dim=D, num_heads=2, num_layers=1, ffn_dim=32).eval()
@@ -244,9 +264,18 @@ def test_all_pairs_baseline_grows_quadratically_and_respects_masks():
 
 # ---- GPF-Net's gated progressive layers --------------------------------------------------------------
 
+
 def _gpf(share=True, norm_first=False):
-    return build_fusion("gpf_progressive", dim=D, num_layers=4, num_heads=2, ffn_dim=32, dropout=0.0,
-                        share_layers=share, norm_first=norm_first)
+    return build_fusion(
+        "gpf_progressive",
+        dim=D,
+        num_layers=4,
+        num_heads=2,
+        ffn_dim=32,
+        dropout=0.0,
+        share_layers=share,
+        norm_first=norm_first,
+    )
 
 
 def _joint(batch=3, length=6):
@@ -294,7 +323,7 @@ def test_gpf_stack_masks_and_batch_independence(norm_first):
         garbage = x.clone()
         garbage[~mask] = 1e3  # padded text tokens change nothing at real positions
         torch.testing.assert_close(stack(garbage, mask=mask)[mask], ref[mask], atol=1e-4, rtol=1e-4)
-        alone = torch.cat([stack(x[i:i + 1], mask=mask[i:i + 1]) for i in range(3)])
+        alone = torch.cat([stack(x[i : i + 1], mask=mask[i : i + 1]) for i in range(3)])
         torch.testing.assert_close(alone[mask], ref[mask], atol=1e-5, rtol=1e-5)
         image_only = stack(x[2:3, :1], mask=mask[2:3, :1])  # no text tokens at all
     torch.testing.assert_close(image_only[:, 0], ref[2:3, 0], atol=1e-5, rtol=1e-5)

@@ -1,5 +1,6 @@
 """SampleCollector: every sample once, in index order, from one process and from two real (gloo) processes
 whose shards are padded the way DistributedSampler pads them; pooled gate statistics."""
+
 from __future__ import annotations
 
 import os

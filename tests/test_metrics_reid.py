@@ -1,4 +1,5 @@
 """ReID metrics: hand-computed cases, torchreid's loop as reference, chunked == full, re-ranking == classic."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Polyp segmentation metrics: paper @0.5 by hand, toolbox against hand values and independent references."""
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,12 @@ def _ref_sm(s: np.ndarray, g: np.ndarray, alpha: float = 0.5) -> float:
     rows, cols = np.nonzero(g)
     X, Y = math.floor((cols + 1).mean() + 0.5), math.floor((rows + 1).mean() + 0.5)  # MATLAB round
     w1, w2, w3 = X * Y / g.size, (wid - X) * Y / g.size, X * (hei - Y) / g.size
-    reg = (w1 * ssim(s[:Y, :X], g[:Y, :X]) + w2 * ssim(s[:Y, X:], g[:Y, X:])
-           + w3 * ssim(s[Y:, :X], g[Y:, :X]) + (1 - w1 - w2 - w3) * ssim(s[Y:, X:], g[Y:, X:]))
+    reg = (
+        w1 * ssim(s[:Y, :X], g[:Y, :X])
+        + w2 * ssim(s[:Y, X:], g[:Y, X:])
+        + w3 * ssim(s[Y:, :X], g[Y:, :X])
+        + (1 - w1 - w2 - w3) * ssim(s[Y:, X:], g[Y:, X:])
+    )
     return max(0.0, alpha * obj + (1 - alpha) * reg)
 
 
@@ -191,8 +196,12 @@ def test_mdice_miou_meanem_against_a_threshold_loop():
     em_curve = np.mean([r[2] for r in ref], axis=0)  # image-averaged curve, then mean / max (main.m)
     assert out["meanEm"] == pytest.approx(em_curve.mean(), **TIGHT)
     assert out["maxEm"] == pytest.approx(em_curve.max(), **TIGHT)
-    assert out["MAE"] == pytest.approx(np.mean([np.abs(_stretch(np.floor(prob * 255 + 0.5)) - g1).mean(),
-                                                np.abs(_stretch(tie.astype(int)) - g2).mean()]), **TIGHT)
+    assert out["MAE"] == pytest.approx(
+        np.mean(
+            [np.abs(_stretch(np.floor(prob * 255 + 0.5)) - g1).mean(), np.abs(_stretch(tie.astype(int)) - g2).mean()]
+        ),
+        **TIGHT,
+    )
 
 
 def test_toolbox_matches_pysodmetrics_on_a_full_range_png():

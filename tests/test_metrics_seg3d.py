@@ -1,5 +1,6 @@
 """3-D segmentation metrics: Dice, HD95 and NSD by hand, NSD against a brute-force DeepMind surfel model, the
 empty rule, the summary over cases and the input errors."""
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,9 @@ def _vol(shape, *boxes) -> np.ndarray:
 
 
 def _finite(res: dict) -> bool:
-    values = [v for k in ("dice", "hd95", "nsd") for v in res[k]] + [res[k] for k in ("mean_dice", "mean_hd95",
-                                                                                        "mean_nsd")]
+    values = [v for k in ("dice", "hd95", "nsd") for v in res[k]] + [
+        res[k] for k in ("mean_dice", "mean_hd95", "mean_nsd")
+    ]
     return all(math.isfinite(v) for v in values)
 
 
@@ -115,13 +117,16 @@ def test_nsd_perfect_prediction_is_one():
     assert res["nsd"] == [1.0, 1.0] and res["dice"] == [1.0, 1.0] and res["hd95"] == [0.0, 0.0]
 
 
-@pytest.mark.parametrize("spacing, tol, expected", [
-    ((1.0, 1.0, 1.0), 1.5, 0.0),   # facing layers 2 mm apart, far layers 3 mm: nothing within 1.5 mm
-    ((1.0, 1.0, 1.0), 2.5, 0.5),   # only the two facing layers (half of each plate's area) count
-    ((1.0, 1.0, 1.0), 3.5, 1.0),
-    ((0.5, 1.0, 1.0), 1.2, 0.5),   # X spacing 0.5: facing 1.0 mm, far 1.5 mm
-    ((1.0, 1.0, 0.5), 1.2, 0.0),   # the Z spacing does not shorten an X shift: 2 and 3 mm
-])
+@pytest.mark.parametrize(
+    "spacing, tol, expected",
+    [
+        ((1.0, 1.0, 1.0), 1.5, 0.0),  # facing layers 2 mm apart, far layers 3 mm: nothing within 1.5 mm
+        ((1.0, 1.0, 1.0), 2.5, 0.5),  # only the two facing layers (half of each plate's area) count
+        ((1.0, 1.0, 1.0), 3.5, 1.0),
+        ((0.5, 1.0, 1.0), 1.2, 0.5),  # X spacing 0.5: facing 1.0 mm, far 1.5 mm
+        ((1.0, 1.0, 0.5), 1.2, 0.0),  # the Z spacing does not shorten an X shift: 2 and 3 mm
+    ],
+)
 def test_nsd_parallel_plates(spacing, tol, expected):
     """Two one-voxel plates spanning the Y-Z plane, 3 voxels apart along X. Each plate's surface is two
     mirror-image layers of surfels (equal areas) at corner positions x = 2, 3 (label) and 5, 6 (prediction);
@@ -174,19 +179,44 @@ def test_empty_rules_give_the_stated_values():
     assert res["mean_hd95"] == pytest.approx(diagonal / 2, rel=1e-12)
     # an all-background volume scores perfectly on every class
     zeros = np.zeros(shape, dtype=np.int64)
-    assert volume_metrics(zeros, zeros, 3) == {"dice": [1.0, 1.0], "hd95": [0.0, 0.0], "nsd": [1.0, 1.0],
-                                               "mean_dice": 1.0, "mean_hd95": 0.0, "mean_nsd": 1.0}
+    assert volume_metrics(zeros, zeros, 3) == {
+        "dice": [1.0, 1.0],
+        "hd95": [0.0, 0.0],
+        "nsd": [1.0, 1.0],
+        "mean_dice": 1.0,
+        "mean_hd95": 0.0,
+        "mean_nsd": 1.0,
+    }
     assert isinstance(EMPTY_RULE, str) and "\n" not in EMPTY_RULE and "diagonal" in EMPTY_RULE
 
 
 # ---------------------------------------------------------------------------------------- summary
 def test_summarise_cases_means_element_wise():
-    a = {"dice": [1.0, 0.0], "hd95": [0.0, 4.0], "nsd": [1.0, 0.5], "mean_dice": 0.5, "mean_hd95": 2.0,
-         "mean_nsd": 0.75}
-    b = {"dice": [0.5, 0.5], "hd95": [2.0, 2.0], "nsd": [0.0, 0.5], "mean_dice": 0.5, "mean_hd95": 2.0,
-         "mean_nsd": 0.25}
-    assert summarise_cases([a, b]) == {"dice": [0.75, 0.25], "hd95": [1.0, 3.0], "nsd": [0.5, 0.5],
-                                       "mean_dice": 0.5, "mean_hd95": 2.0, "mean_nsd": 0.5, "cases": 2}
+    a = {
+        "dice": [1.0, 0.0],
+        "hd95": [0.0, 4.0],
+        "nsd": [1.0, 0.5],
+        "mean_dice": 0.5,
+        "mean_hd95": 2.0,
+        "mean_nsd": 0.75,
+    }
+    b = {
+        "dice": [0.5, 0.5],
+        "hd95": [2.0, 2.0],
+        "nsd": [0.0, 0.5],
+        "mean_dice": 0.5,
+        "mean_hd95": 2.0,
+        "mean_nsd": 0.25,
+    }
+    assert summarise_cases([a, b]) == {
+        "dice": [0.75, 0.25],
+        "hd95": [1.0, 3.0],
+        "nsd": [0.5, 0.5],
+        "mean_dice": 0.5,
+        "mean_hd95": 2.0,
+        "mean_nsd": 0.5,
+        "cases": 2,
+    }
     with pytest.raises(ValueError, match="at least one"):
         summarise_cases([])
     with pytest.raises(ValueError, match="numbers of classes"):

@@ -1,4 +1,5 @@
 """MMSA sentiment metrics: hand-computed values, an independent sklearn/scipy reimplementation, errors."""
+
 from __future__ import annotations
 
 import math

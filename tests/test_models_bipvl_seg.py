@@ -1,22 +1,24 @@
 """BiPVL-Seg: composed from MONAI's SwinUNETR (vision-only = SwinUNETR exactly), staged text encoder, BiFusion,
 every parameter trained, batch independence, any patch size divisible by 32, the alignment losses by hand."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import train_losses
 from gpfuse.encoders.staged_text import StagedTextEncoder, scale_boundaries
 from gpfuse.encoders.text import load_text_backbone, tokenize
 from gpfuse.fusion import build_fusion
 from gpfuse.fusion.attention import DownsampledAttention
-from gpfuse.losses import UncertaintyWeighting, class_info_nce, concept_info_nce
+from gpfuse.losses import UncertaintyWeighting, class_info_nce, concept_info_nce, concept_similarity_weights
 from gpfuse.models import create_model
 
-from conftest import train_losses
-
-TEXTS = [[f"A medical image of the {name}."] + [f"Concept {k} of the {name}." for k in range(5)]
-         for name in ("background", "bright organ", "dark organ")]
+TEXTS = [
+    [f"A medical image of the {name}."] + [f"Concept {k} of the {name}." for k in range(5)]
+    for name in ("background", "bright organ", "dark organ")
+]
 SMALL = dict(num_classes=3, class_texts=TEXTS, feature_size=12, fusion_heads=4, fusion_mlp=32, max_text_len=12)
 PATCH = (32, 64, 32)
 
@@ -28,7 +30,7 @@ def model():
 
 def test_vision_only_is_swin_unetr_exactly():
     net = create_model("bipvl_seg", **{**SMALL, "text": False, "alignment": False}).eval()
-    assert net.text is None and net.bifusion is None
+    assert net.text_encoder is None and net.bifusion is None
     x = torch.randn(1, 1, *PATCH)
     with torch.no_grad():
         torch.testing.assert_close(net({"image": x}).logits, net.vision(x))  # MONAI's own forward
@@ -60,10 +62,17 @@ def test_every_parameter_gets_a_gradient(alignment):
     out = net({"image": torch.randn(2, 1, *PATCH)})
     loss = out.logits.square().mean()
     if alignment:
-        loss = loss + out.class_logits.square().mean() + out.text_concepts.mean() + out.vision_classes.mean() \
+        loss = (
+            loss
+            + out.class_logits.square().mean()
+            + out.text_concepts.mean()
+            + out.vision_classes.mean()
             + out.text_classes.mean()
+        )
     loss.backward()
-    missing = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not missing
     assert (net.bifusion[3].text_out is None) == (not alignment)  # nothing reads the last text without alignment
 
@@ -75,10 +84,11 @@ def test_eval_batch_independence(model):
     x = torch.randn(3, 1, *PATCH)
     with torch.no_grad():
         together = model({"image": x})
-        alone = [model({"image": x[i:i + 1]}) for i in range(3)]
+        alone = [model({"image": x[i : i + 1]}) for i in range(3)]
     torch.testing.assert_close(together.logits, torch.cat([a.logits for a in alone]), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(together.vision_classes, torch.cat([a.vision_classes for a in alone]), atol=1e-4,
-                               rtol=1e-4)
+    torch.testing.assert_close(
+        together.vision_classes, torch.cat([a.vision_classes for a in alone]), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_any_patch_divisible_by_32_and_a_clear_error_otherwise(model):
@@ -112,6 +122,7 @@ def test_a_few_steps_lower_the_loss():
 
 # ---- parts --------------------------------------------------------------------------------------------
 
+
 def test_staged_text_encoder_equals_the_plain_model():
     assert scale_boundaries((1, 6, 8, 10, 12), 6) == (1, 3, 4, 5, 6)
     assert scale_boundaries((1, 6, 8, 10, 12), 12) == (1, 6, 8, 10, 12)
@@ -119,7 +130,9 @@ def test_staged_text_encoder_equals_the_plain_model():
     with pytest.raises(ValueError, match="cannot be cut into 5 stages"):
         scale_boundaries((1, 6, 8, 10, 12), 4)
     encoder = StagedTextEncoder(trainable=False).eval()
-    ids, mask = (torch.from_numpy(a) for a in tokenize(["the anterior hippocampus", "a longer sentence here"], "minilm", 10))
+    ids, mask = (
+        torch.from_numpy(a) for a in tokenize(["the anterior hippocampus", "a longer sentence here"], "minilm", 10)
+    )
     plain, _ = load_text_backbone("minilm")
     with torch.no_grad():
         reference = plain.eval()(input_ids=ids, attention_mask=mask.long()).last_hidden_state
@@ -166,16 +179,44 @@ def test_class_info_nce_by_hand():
     assert class_info_nce(v, t, 0.2).item() == pytest.approx(expected.item() / (2 * 2 * 3), rel=1e-5)
 
 
+def test_concept_weighted_class_info_nce_by_hand():
+    torch.manual_seed(1)
+    v, t, concepts = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 5, 4)
+    s = torch.einsum("bcd,bkd->bck", F.normalize(v, dim=-1), F.normalize(t, dim=-1)) / 0.2
+    expected = 0
+    for b in range(2):
+        concept_sim = torch.stack([F.cosine_similarity(v[b, c][None], concepts[b, c]).mean() for c in range(3)])
+        w = 3 * torch.softmax(concept_sim / 0.2, 0)
+        assert w.sum().item() == pytest.approx(3.0)
+        for c in range(3):
+            term = -torch.log_softmax(s[b, c], 0)[c] - torch.log_softmax(s[b, :, c], 0)[c]
+            expected += w[c] * term / 2
+    weights = concept_similarity_weights(v, concepts, 0.2)
+    assert not weights.requires_grad and weights.shape == (2, 3)
+    assert class_info_nce(v, t, 0.2, weights).item() == pytest.approx(expected.item() / 6, rel=1e-5)
+    assert class_info_nce(v, t, 0.2, torch.ones(2, 3)).item() == pytest.approx(class_info_nce(v, t, 0.2).item())
+
+
 def test_concept_info_nce_takes_the_hardest_negatives():
     torch.manual_seed(0)
     v, concepts = torch.randn(1, 3, 4), torch.randn(1, 3, 5, 4)
     sim = torch.einsum("bcd,bjkd->bcjk", F.normalize(v, dim=-1), F.normalize(concepts, dim=-1)) / 0.2
     c, k = 0, 2  # class 0's vision embedding against its concept 2
     negatives = sim[0, c, 1:].flatten().topk(3).values  # the 3 most similar concepts of classes 1 and 2
-    term = -torch.log_softmax(torch.cat([sim[0, c, c, k:k + 1], negatives]), 0)[0]
-    terms = [-torch.log_softmax(torch.cat([sim[0, i, i, j:j + 1],
-                                           sim[0, i].masked_fill(torch.arange(3)[:, None] == i, -1e9).flatten().topk(3).values]), 0)[0]
-             for i in range(3) for j in range(5)]
+    term = -torch.log_softmax(torch.cat([sim[0, c, c, k : k + 1], negatives]), 0)[0]
+    terms = [
+        -torch.log_softmax(
+            torch.cat(
+                [
+                    sim[0, i, i, j : j + 1],
+                    sim[0, i].masked_fill(torch.arange(3)[:, None] == i, -1e9).flatten().topk(3).values,
+                ]
+            ),
+            0,
+        )[0]
+        for i in range(3)
+        for j in range(5)
+    ]
     assert concept_info_nce(v, concepts, 0.2, 3).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     assert terms[c * 5 + k].item() == pytest.approx(term.item(), rel=1e-6)
     easiest = sim[0, c, 1:].flatten().argmin()  # moving the least similar negative changes nothing for class 0
@@ -221,3 +262,27 @@ def test_3d_convolutions_run_in_fp32_under_cpu_autocast_only():
         assert conv(x).dtype == torch.float32  # a plain Conv3d gives bfloat16 here
         assert torch.nn.Conv3d(2, 2, 3)(torch.randn(1, 2, 4, 4, 4)).dtype == torch.bfloat16
     assert torch.equal(conv(x), torch.nn.functional.conv3d(x, conv.weight, None, conv.stride, conv.padding))
+
+
+@pytest.mark.parametrize("global_alignment", ["concept_weighted", "uniform"])
+@pytest.mark.parametrize("local_alignment", [True, False])
+def test_the_alignment_ablation_switches(global_alignment, local_alignment):
+    from gpfuse.models.bipvl_seg import BiPVLSegOutput
+    from gpfuse.tasks.segmentation3d import Segmentation3DTask
+
+    torch.manual_seed(0)
+    v, t, concepts = torch.randn(2, 3, 4), torch.randn(2, 3, 4), torch.randn(2, 3, 5, 4)
+    out = BiPVLSegOutput(torch.zeros(1), None, v, t, concepts)
+    task = Segmentation3DTask(
+        torch.nn.Linear(1, 1), ("a", "b", "c"), global_alignment=global_alignment, local_alignment=local_alignment
+    )
+    weights = concept_similarity_weights(v, concepts) if global_alignment == "concept_weighted" else None
+    expected = class_info_nce(v, t, 0.2, weights) + (concept_info_nce(v, concepts, 0.2, 3) if local_alignment else 0)
+    assert task._alignment_loss(out).item() == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_an_unknown_global_alignment_is_refused():
+    from gpfuse.tasks.segmentation3d import Segmentation3DTask
+
+    with pytest.raises(ValueError, match="global_alignment must be one of"):
+        Segmentation3DTask(torch.nn.Linear(1, 1), ("a", "b"), global_alignment="paper")

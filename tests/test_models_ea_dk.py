@@ -1,4 +1,5 @@
 """EA-DK: shapes per stage, gradients, eval batch independence, the kernel parts by hand, learning."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,11 +7,10 @@ import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch.nn import functional as F
 
+from conftest import train_losses
 from gpfuse.fusion import build_fusion
 from gpfuse.models import create_model
 from gpfuse.models.ea_dk import apply_kernel, region_descriptor
-
-from conftest import train_losses
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_eval_is_batch_independent(model):
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         together = model({"image": x}).logits
-        alone = torch.cat([model({"image": x[i:i + 1]}).logits for i in range(3)])
+        alone = torch.cat([model({"image": x[i : i + 1]}).logits for i in range(3)])
     torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-4)
 
 
@@ -83,8 +83,10 @@ def test_gated_kernel_update_follows_ldnet():
     k_in, k_out = update.kernel_proj(k).split(8, -1)
     g_d = torch.sigmoid(update.descriptor_gate_norm(update.descriptor_gate(d_in * k_in)))
     g_k = torch.sigmoid(update.kernel_gate_norm(update.kernel_gate(d_in * k_in)))
-    torch.testing.assert_close(new, torch.relu(update.out[1](update.out[0](
-        g_d * update.descriptor_norm(d_out) + g_k * update.kernel_norm(k_out)))))
+    torch.testing.assert_close(
+        new,
+        torch.relu(update.out[1](update.out[0](g_d * update.descriptor_norm(d_out) + g_k * update.kernel_norm(k_out)))),
+    )
     torch.testing.assert_close(gates, torch.stack([g_k, g_d], dim=1))
     assert (new >= 0).all() and new.shape == (3, 8)
     new.square().sum().backward()

@@ -1,17 +1,28 @@
 """GPF-Net: shapes, gradients, eval batch independence (the public code's bug), image-only path, learning."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import train_losses
+from gpfuse.encoders.text import tokenize
 from gpfuse.losses import batch_hard_triplet_loss
 from gpfuse.models import create_model
-from gpfuse.encoders.text import tokenize
 
-from conftest import train_losses
-
-SMALL = dict(num_classes=4, image_encoder="efficientnet_lite0", image_weights=None, dim=32, num_fusion_layers=2,
-             fusion_heads=4, fusion_ffn=64, final_layers=1, final_heads=4, final_ffn=64, max_text_len=12)
+SMALL = dict(
+    num_classes=4,
+    image_encoder="efficientnet_lite0",
+    image_weights=None,
+    dim=32,
+    num_fusion_layers=2,
+    fusion_heads=4,
+    fusion_ffn=64,
+    final_layers=1,
+    final_heads=4,
+    final_ffn=64,
+    max_text_len=12,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +34,12 @@ def _batch(n=4, reports=("sessile polyp in the sigmoid colon", "pedunculated pol
     ids, mask = tokenize(list(reports[:n]), "minilm", 12)
     mask[[i for i, r in enumerate(reports[:n]) if not r]] = False
     g = torch.Generator().manual_seed(0)
-    return {"image": torch.randn(n, 3, 64, 64, generator=g), "text_ids": torch.from_numpy(ids),
-            "text_mask": torch.from_numpy(mask), "pid": torch.tensor([0, 1, 0, 1][:n])}
+    return {
+        "image": torch.randn(n, 3, 64, 64, generator=g),
+        "text_ids": torch.from_numpy(ids),
+        "text_mask": torch.from_numpy(mask),
+        "pid": torch.tensor([0, 1, 0, 1][:n]),
+    }
 
 
 def test_shapes_gates_and_frozen_text_encoder(model):
@@ -52,7 +67,7 @@ def test_eval_embedding_is_batch_independent(norm_first):
     batch = _batch()
     with torch.no_grad():
         together = model(batch).embedding
-        alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}).embedding for i in range(4)])
+        alone = torch.cat([model({k: v[i : i + 1] for k, v in batch.items()}).embedding for i in range(4)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
@@ -72,8 +87,11 @@ def test_query_protocol_parts_compose_to_forward(model):
     model.eval()
     batch = _batch()
     with torch.no_grad():
-        emb, _ = model.fuse(model.image_tokens(batch["image"]),
-                            model.text_tokens(batch["text_ids"], batch["text_mask"]), batch["text_mask"])
+        emb, _ = model.fuse(
+            model.image_tokens(batch["image"]),
+            model.text_tokens(batch["text_ids"], batch["text_mask"]),
+            batch["text_mask"],
+        )
         torch.testing.assert_close(emb, model(batch).embedding)
 
 
@@ -86,8 +104,9 @@ def test_a_few_steps_lower_the_loss():
 
     def compute_loss():
         out = net(batch)
-        return torch.nn.functional.cross_entropy(out.logits, batch["pid"]) + \
-            batch_hard_triplet_loss(out.embedding, batch["pid"])
+        return torch.nn.functional.cross_entropy(out.logits, batch["pid"]) + batch_hard_triplet_loss(
+            out.embedding, batch["pid"]
+        )
 
     losses = train_losses(optimizer, compute_loss, 15)
     assert losses[-1] < 0.5 * losses[0]
@@ -99,7 +118,7 @@ def test_batch_hard_triplet_by_hand():
     # anchor 0: hardest positive d=3 (to 1), closest negative d=1 (to 2): relu(3 - 1 + 0.3) = 2.3
     # anchor 1: pos 3, neg min(sqrt(10), sqrt(34)) = 3.1623: relu(3 - 3.1623 + 0.3) = 0.1377
     # anchor 2: pos 4 (to 3), neg 1 (to 0): 3.3 ; anchor 3: pos 4, neg 5: relu(-0.7) = 0
-    expected = (2.3 + (3 - 10 ** 0.5 + 0.3) + 3.3 + 0.0) / 4
+    expected = (2.3 + (3 - 10**0.5 + 0.3) + 3.3 + 0.0) / 4
     assert batch_hard_triplet_loss(emb, pids, 0.3).item() == pytest.approx(expected, abs=1e-5)
     assert batch_hard_triplet_loss(emb[:2], pids[:2]).item() == 0.0  # no negatives: no valid anchor
 

@@ -1,14 +1,14 @@
 """GRF and the unimodal baseline: shapes, gradients, eval batch independence, learning, save/load."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+from conftest import train_losses
 from gpfuse.models import create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
-
-from conftest import train_losses
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
 SMALL = dict(d_model=16, num_heads=2, num_layers=1, ffn_dim=32, dropout=0.1)
@@ -49,7 +49,7 @@ def test_eval_batch_independence(name):
     batch = _batch(5)
     with torch.no_grad():
         together = model(batch).score
-        alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}).score for i in range(5)])
+        alone = torch.cat([model({k: v[i : i + 1] for k, v in batch.items()}).score for i in range(5)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
@@ -64,12 +64,22 @@ def test_a_few_steps_lower_the_loss(name):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_grf_gates_and_aux_head():
-    model = create_model("grf", **MODELS["grf"])
+def test_grf_gates_and_aux_head_on_the_intermediate_state():
+    model = create_model("grf", **MODELS["grf"]).eval()
     out = model(_batch())
     assert out.aux.shape == (4,) and len(out.gates) == 2 and out.gates[0].shape == (4, 16)
+    with torch.no_grad():  # the auxiliary regressor reads the first fused state, not the final one
+        fused = model.fusion(
+            {m: model.projections[m](_batch()[m]) for m in DIMS}, {m: _batch()[f"{m}_mask"] for m in DIMS}
+        )
+        torch.testing.assert_close(out.aux, model.aux_head(fused.states[0]).squeeze(-1))
+        assert not torch.allclose(fused.states[0], fused.state)
     no_aux = create_model("grf", **{**MODELS["grf"], "aux_head": False})
     assert no_aux(_batch()).aux is None
+    two = create_model("grf", **{**MODELS["grf"], "order": ["text", "audio"]})
+    assert two.aux_head is None and two(_batch()).aux is None  # the first fused state is the final one
+    one_step = {k: v for k, v in _batch().items() if not k.startswith("vision")}
+    assert model(one_step).aux is None  # a missing modality leaves one step: no intermediate state
 
 
 def test_grf_two_modalities_matches_the_public_layout():

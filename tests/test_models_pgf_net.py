@@ -1,14 +1,14 @@
 """PGF-Net: fusion inside the backbone's layers, LoRA through peft, every ablation switch, bad backbones."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from conftest import train_losses
 from gpfuse.encoders.text import load_text_backbone, tokenize
 from gpfuse.fusion import build_fusion
 from gpfuse.models import create_model
-
-from conftest import train_losses
 
 DIMS = {"audio": 6, "vision": 5}
 
@@ -19,10 +19,15 @@ def _batch(n=3, vision_len=4):
     g = torch.Generator().manual_seed(0)
     vision_mask = torch.ones(n, vision_len, dtype=torch.bool)
     vision_mask[0, 2:] = False
-    return {"text_ids": torch.from_numpy(ids), "text_mask": torch.from_numpy(mask),
-            "audio": torch.randn(n, 1, 6, generator=g), "audio_mask": torch.ones(n, 1, dtype=torch.bool),
-            "vision": torch.randn(n, vision_len, 5, generator=g), "vision_mask": vision_mask,
-            "label": torch.tensor([2.0, -2.0, 0.0][:n])}
+    return {
+        "text_ids": torch.from_numpy(ids),
+        "text_mask": torch.from_numpy(mask),
+        "audio": torch.randn(n, 1, 6, generator=g),
+        "audio_mask": torch.ones(n, 1, dtype=torch.bool),
+        "vision": torch.randn(n, vision_len, 5, generator=g),
+        "vision_mask": vision_mask,
+        "label": torch.tensor([2.0, -2.0, 0.0][:n]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +60,9 @@ def test_every_trainable_parameter_gets_a_gradient(model):
             torch.nn.init.normal_(p, std=0.01)
     out = model(_batch())
     (out.score.square().mean() + sum(g.mean() for g in out.gates)).backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    missing = [
+        n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
     assert not missing
 
 
@@ -64,7 +71,7 @@ def test_eval_batch_independence_and_the_bank_matters(model):
     batch = _batch()
     with torch.no_grad():
         together = model(batch).score
-        alone = torch.cat([model({k: v[i:i + 1] for k, v in batch.items()}).score for i in range(3)])
+        alone = torch.cat([model({k: v[i : i + 1] for k, v in batch.items()}).score for i in range(3)])
         torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
         padded = dict(batch, vision=batch["vision"].clone())
         padded["vision"][0, 2:] = 1e3  # padded bank steps change nothing
@@ -135,7 +142,7 @@ def test_ablation_switches_change_the_model_as_named(model):
     assert no_gate(_batch()).gates == [None] * 6
     block = no_cross.fusion.blocks[0].eval()  # without cross-attention every token gets the bank's mean
     text, bank = torch.randn(2, 5, 384), torch.randn(2, 3, 384)
-    fused, gate = block(text, bank, torch.ones(2, 3, dtype=torch.bool), return_gate=True)
+    _fused, gate = block(text, bank, torch.ones(2, 3, dtype=torch.bool), return_gate=True)
     g_expected = torch.sigmoid(block.gate.w(torch.cat([text, bank.mean(1, keepdim=True).expand_as(text)], -1)))
     torch.testing.assert_close(gate, g_expected)
 

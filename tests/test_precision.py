@@ -1,6 +1,7 @@
 """Mixed precision for all five systems, through their tasks: `bf16-mixed` training with Lightning on this CPU
 lowers the loss with no NaN or inf in any module's output (masked attention fills, InfoNCE logits, gates);
 fp16 autocast (the GPU recipes' `16-mixed`; CPU autocast as the stand-in) keeps every output finite."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -8,16 +9,15 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
+import test_models_bipvl_seg as bipvl
+import test_models_gpf_net as gpf
+import test_models_grf as grf
+import test_models_pgf_net as pgf
 from gpfuse.models import create_model
 from gpfuse.tasks.regression import RegressionTask
 from gpfuse.tasks.retrieval import RetrievalTask
 from gpfuse.tasks.segmentation import SegmentationTask
 from gpfuse.tasks.segmentation3d import Segmentation3DTask
-
-import test_models_bipvl_seg as bipvl
-import test_models_gpf_net as gpf
-import test_models_grf as grf
-import test_models_pgf_net as pgf
 
 
 def _grf():
@@ -28,14 +28,17 @@ def _grf():
 
 
 def _pgf():
-    return RegressionTask(create_model("pgf_net", input_dims=pgf.DIMS, fusion_heads=4), lr=3e-3, warmup_epochs=0,
-                          max_epochs=1), pgf._batch()
+    return RegressionTask(
+        create_model("pgf_net", input_dims=pgf.DIMS, fusion_heads=4), lr=3e-3, warmup_epochs=0, max_epochs=1
+    ), pgf._batch()
 
 
 def _gpf():
     model = create_model("gpf_net", **{**gpf.SMALL, "bottleneck_dropout": 0.0, "dropout": 0.0})
     return RetrievalTask(model, lr=1e-3, lr_backbone=1e-3, max_epochs=1, margin=0.3), {
-        **gpf._batch(), "camid": torch.zeros(4, dtype=torch.long)}
+        **gpf._batch(),
+        "camid": torch.zeros(4, dtype=torch.long),
+    }
 
 
 def _ea_dk():
@@ -44,7 +47,9 @@ def _ea_dk():
     mask = (image[:, :1] > 0.3).float()
     model = create_model("ea_dk", encoder="efficientnet_lite0", encoder_weights=None, channels=16)
     return SegmentationTask(model, optimizer="adamw", lr=3e-3, schedule="warmup_cosine", max_epochs=1), {
-        "image": image, "mask": mask}
+        "image": image,
+        "mask": mask,
+    }
 
 
 def _bipvl():
@@ -56,7 +61,13 @@ def _bipvl():
     return Segmentation3DTask(model, names, roi_size=bipvl.PATCH, lr=3e-3, max_epochs=1), {"image": x, "label": label}
 
 
-SYSTEMS = {"grf": (_grf, 30), "pgf_net": (_pgf, 8), "gpf_net": (_gpf, 15), "ea_dk": (_ea_dk, 12), "bipvl_seg": (_bipvl, 10)}
+SYSTEMS = {
+    "grf": (_grf, 30),
+    "pgf_net": (_pgf, 8),
+    "gpf_net": (_gpf, 15),
+    "ea_dk": (_ea_dk, 12),
+    "bipvl_seg": (_bipvl, 10),
+}
 
 
 def _watch_finite(model: torch.nn.Module) -> tuple[list[str], list]:
@@ -69,6 +80,7 @@ def _watch_finite(model: torch.nn.Module) -> tuple[list[str], list]:
             tensors = [t for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
             if any(not torch.isfinite(t).all() for t in tensors):
                 bad.append(f"{name} ({type(module).__name__})")
+
         return check
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
@@ -90,9 +102,18 @@ def test_bf16_mixed_training_lowers_the_loss_with_finite_values(system):
     bad, handles = _watch_finite(task)
     losses = _Losses()
     loader = torch.utils.data.DataLoader([batch] * steps, batch_size=None)  # the same batch, `steps` times
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[losses], gradient_clip_val=1.0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[losses],
+        gradient_clip_val=1.0,
+    )
     trainer.fit(task, train_dataloaders=loader)
     for h in handles:
         h.remove()

@@ -2,6 +2,7 @@
 --resume` ends with the metrics.json of the run that was never interrupted, bit for bit; so does a run killed
 before its first checkpoint, which `--resume` starts again from epoch 0 (and a plain rerun is refused with that
 advice)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,9 @@ KILL = textwrap.dedent("""
 
 
 def _run(*args: str, expect: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    proc = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
     assert proc.returncode == expect, f"{args}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -46,12 +48,27 @@ def configs(tmp_path_factory) -> dict[str, Path]:
     root = write_synthetic_mosi(tmp / "mosi", n_videos=10, segments_per_video=4)
     paths = {}
     for name in ("whole", "killed", "early"):
-        raw = {"name": "tiny", "output_dir": str(tmp / name),
-               "data": {"source": "mosi", "root": str(root), "cache_dir": str(tmp / "cache"), "batch_size": 8,
-                        "max_len": {"text": 16, "audio": 1}},
-               "model": {"name": "grf", "order": ["text", "audio"], "d_model": 16, "num_heads": 2, "num_layers": 1,
-                         "ffn_dim": 32, "dropout": 0.2},  # dropout: the random stream matters
-               "train": {"max_epochs": 4, "warmup_epochs": 1, "accelerator": "cpu", "seed": 5}}
+        raw = {
+            "name": "tiny",
+            "output_dir": str(tmp / name),
+            "data": {
+                "source": "mosi",
+                "root": str(root),
+                "cache_dir": str(tmp / "cache"),
+                "batch_size": 8,
+                "max_len": {"text": 16, "audio": 1},
+            },
+            "model": {
+                "name": "grf",
+                "order": ["text", "audio"],
+                "d_model": 16,
+                "num_heads": 2,
+                "num_layers": 1,
+                "ffn_dim": 32,
+                "dropout": 0.2,
+            },  # dropout: the random stream matters
+            "train": {"max_epochs": 4, "warmup_epochs": 1, "accelerator": "cpu", "seed": 5},
+        }
         paths[name] = tmp / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(raw))
     _run("-m", "gpfuse.cli", "train", str(paths["whole"]))

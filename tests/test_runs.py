@@ -1,4 +1,5 @@
 """Config validation, the sentiment DataModule and whole runs: train, resume, eval, predict, CLI."""
+
 from __future__ import annotations
 
 import json
@@ -36,16 +37,30 @@ def cache(tmp_path_factory) -> Path:
 
 def _config(tmp_path, root, cache, **train):
     raw = {
-        "name": "tiny", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "mosi", "root": str(root), "cache_dir": str(cache), "batch_size": 8, "max_len": {"text": 24, "audio": 1}},
-        "model": {"name": "grf", "order": ["text", "audio"], "d_model": 16, "num_heads": 2, "num_layers": 1,
-                  "ffn_dim": 32},
+        "name": "tiny",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {
+            "source": "mosi",
+            "root": str(root),
+            "cache_dir": str(cache),
+            "batch_size": 8,
+            "max_len": {"text": 24, "audio": 1},
+        },
+        "model": {
+            "name": "grf",
+            "order": ["text", "audio"],
+            "d_model": 16,
+            "num_heads": 2,
+            "num_layers": 1,
+            "ffn_dim": 32,
+        },
         "train": {"max_epochs": 2, "warmup_epochs": 1, "accelerator": "cpu", **train},
     }
     return validate_config(raw, "test")
 
 
 # ---- configs ----------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
@@ -54,11 +69,16 @@ def test_shipped_configs_are_valid(path):
 
 def test_config_errors_name_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"name": "x", "data": {"source": "mosi"}, "model": {"name": "grf"},
-                                    "train": {"lr": 1e-3, "epochz": 3}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "x", "data": {"source": "mosi"}, "model": {"name": "grf"}, "train": {"lr": 1e-3, "epochz": 3}}
+        )
+    )
     with pytest.raises(ConfigError, match=r"c.yaml.*\n  train.epochz: Extra inputs"):
         load_config(path)
-    path.write_text(yaml.safe_dump({"name": "x", "data": {"source": "mosi"}, "model": {"name": "grf", "d_model": "big"}}))
+    path.write_text(
+        yaml.safe_dump({"name": "x", "data": {"source": "mosi"}, "model": {"name": "grf", "d_model": "big"}})
+    )
     with pytest.raises(ConfigError, match=r"model.d_model: Input should be a valid integer"):
         load_config(path)
     with pytest.raises(ConfigError, match="model.name must be one of"):
@@ -73,6 +93,7 @@ def test_config_errors_name_file_and_key(tmp_path):
 
 
 # ---- data module ------------------------------------------------------------------------------------
+
 
 def test_datamodule_encodes_text_once_and_standardises(tmp_path, mosi_synth, cache):
     cfg = _config(tmp_path, mosi_synth, cache)
@@ -91,9 +112,14 @@ def test_datamodule_rejects_too_long_sequences_and_empty_splits(tmp_path, mosi_s
     cfg = _config(tmp_path, mosi_synth, cache)
     too_short = cfg.data.model_copy(update={"max_len": {"text": 50, "audio": 1}})
     pickle_path = write_mmsa_pickle(tmp_path / "aligned.pkl", n_per_split=(6, 3, 3))
-    data = too_short.model_copy(update={"source": "pickle", "root": str(pickle_path),
-                                        "modalities": ["text", "audio", "vision"],
-                                        "max_len": {"audio": 2}})
+    data = too_short.model_copy(
+        update={
+            "source": "pickle",
+            "root": str(pickle_path),
+            "modalities": ["text", "audio", "vision"],
+            "max_len": {"audio": 2},
+        }
+    )
     with pytest.raises(ValueError, match=r"audio of .* has \d+ steps, more than data.max_len.audio=2"):
         SentimentDataModule(data).setup()
     empty = tmp_path / "empty"
@@ -114,6 +140,7 @@ def test_mmsa_pickle_trains_through_the_same_module(tmp_path, cache):
 
 # ---- runs -------------------------------------------------------------------------------------------
 
+
 class _Crash(Callback):
     """Kills the run at the start of epoch 2, as a crash or a lost machine would."""
 
@@ -127,11 +154,26 @@ def test_train_writes_a_complete_run_folder_and_evaluates_the_same(tmp_path, mos
     cfg = _config(tmp_path, mosi_synth, cache, max_epochs=3)
     metrics = train(cfg, command="gpfuse train tiny")
     run = run_dir_for(cfg)
-    for name in ("config.yaml", "command.txt", "splits/train.txt", "splits/test.txt", "data_stats.json",
-                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json", "loss.png", "gates.png",
-                 "model/model.safetensors", "model/model.json", "logs/attempt_0/metrics.csv"):
+    for name in (
+        "config.yaml",
+        "command.txt",
+        "splits/train.txt",
+        "splits/test.txt",
+        "data_stats.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "metrics.json",
+        "loss.png",
+        "gates.png",
+        "model/model.safetensors",
+        "model/config.json",
+        "model/gpfuse_run.yaml",
+        "model/data_stats.json",
+        "logs/attempt_0/metrics.csv",
+    ):
         assert (run / name).is_file(), name
     assert json.loads((run / "metrics.json").read_text())["test"] == metrics["test"]
+    assert json.loads((run / "metrics.json").read_text())["synthetic_data"] == [str(mosi_synth)]
     assert len((run / "splits/test.txt").read_text().split()) == 8
     again = evaluate(run)
     for key in ("MAE", "Corr", "Has0_F1_score"):
@@ -182,6 +224,7 @@ def test_eval_refuses_a_model_of_another_run(tmp_path, mosi_synth, cache):
 
 # ---- CLI --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_cli_train_seeds_eval_info_profile(tmp_path, mosi_synth, cache):
     cfg = tmp_path / "tiny.yaml"
@@ -191,14 +234,17 @@ def test_cli_train_seeds_eval_info_profile(tmp_path, mosi_synth, cache):
     assert code == 0, output
     summary = json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())
     assert summary["seeds"] == [1, 2] and len(summary["test"]["MAE"]) == 2
-    per_seed = [json.loads((tmp_path / "runs" / "tiny" / f"seed_{s}" / "metrics.json").read_text())["test"]["MAE"]
-                for s in (1, 2)]
+    per_seed = [
+        json.loads((tmp_path / "runs" / "tiny" / f"seed_{s}" / "metrics.json").read_text())["test"]["MAE"]
+        for s in (1, 2)
+    ]
     assert summary["test"]["MAE"][0] == pytest.approx(np.mean(per_seed))
     assert "±" in output
     code, output = run_gpfuse("summary", tmp_path / "runs" / "tiny")
     assert code == 0 and "over 2 runs" in output
-    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["test"]["MAE"] == \
-        pytest.approx(summary["test"]["MAE"])
+    assert json.loads((tmp_path / "runs" / "tiny" / "summary.json").read_text())["test"]["MAE"] == pytest.approx(
+        summary["test"]["MAE"]
+    )
     assert run_gpfuse("summary", tmp_path / "nothing")[0] == 2
     code, output = run_gpfuse("eval", tmp_path / "runs" / "tiny" / "seed_1")
     assert code == 0 and "Has0_F1_score" in output
@@ -216,9 +262,18 @@ def test_cli_converts_a_pickle_once_and_the_npz_feeds_the_data_module(tmp_path):
     src = write_mult_pickle(tmp_path / "mosi_data.pkl", n_per_split=(6, 3, 3))
     code, output = run_gpfuse("convert", src, tmp_path / "mosi.npz")
     assert code == 0, output
-    data = validate_config({"name": "x", "data": {"source": "npz", "root": str(tmp_path / "mosi.npz"),
-                                                  "modalities": ["text", "audio", "vision"], "max_len": {}},
-                            "model": {"name": "grf"}}).data
+    data = validate_config(
+        {
+            "name": "x",
+            "data": {
+                "source": "npz",
+                "root": str(tmp_path / "mosi.npz"),
+                "modalities": ["text", "audio", "vision"],
+                "max_len": {},
+            },
+            "model": {"name": "grf"},
+        }
+    ).data
     dm = SentimentDataModule(data)
     dm.setup()
     assert dm.input_dims == {"text": 300, "audio": 74, "vision": 35} and len(dm.splits["test"]) == 3
@@ -229,6 +284,7 @@ def test_cli_converts_a_pickle_once_and_the_npz_feeds_the_data_module(tmp_path):
 
 
 # ---- trainer settings for GPUs and clusters ---------------------------------------------------------
+
 
 class _NonDeterministicOp(L.LightningModule):
     """One training step through ``Tensor.put_``, which has no deterministic implementation on CPU (as bilinear
@@ -268,8 +324,18 @@ def test_strict_determinism_is_opt_in(tmp_path, mosi_synth, cache, _restore_dete
 def test_scale_out_keys_reach_the_trainer(tmp_path, mosi_synth, cache):
     from lightning.pytorch.strategies import DDPStrategy
 
-    cfg = _config(tmp_path, mosi_synth, cache, devices=2, strategy="ddp", num_nodes=1, sync_batchnorm=True,
-                  accumulate_grad_batches=4, precision="bf16-mixed", deterministic=False)
+    cfg = _config(
+        tmp_path,
+        mosi_synth,
+        cache,
+        devices=2,
+        strategy="ddp",
+        num_nodes=1,
+        sync_batchnorm=True,
+        accumulate_grad_batches=4,
+        precision="bf16-mixed",
+        deterministic=False,
+    )
     trainer = _trainer(cfg)
     assert isinstance(trainer.strategy, DDPStrategy) and trainer.num_devices == 2
     assert trainer.accumulate_grad_batches == 4 and trainer.precision == "bf16-mixed"

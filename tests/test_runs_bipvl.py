@@ -1,6 +1,7 @@
 """BiPVL-Seg runs end to end on a generated Decathlon folder: train (alignment losses, uncertainty weights
 logged), per-class Dice / HD95 / NSD, eval, predict (NIfTI with the input's affine + mid-slice PNG), the
 vision-only ablation, and bad descriptions through a run."""
+
 from __future__ import annotations
 
 import csv
@@ -21,21 +22,46 @@ from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return write_synthetic_decathlon(tmp_path_factory.mktemp("vol") / "dec", n_cases=6, shape=(32, 64, 32),
-                                     num_classes=3)
+    return write_synthetic_decathlon(
+        tmp_path_factory.mktemp("vol") / "dec", n_cases=6, shape=(32, 64, 32), num_classes=3
+    )
 
 
 def _config(tmp_path, root, **model):
-    return validate_config({
-        "name": "tiny_bipvl", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "decathlon", "root": str(root), "descriptions": str(root / "descriptions.csv"),
-                 "val_cases": 1, "test_cases": 1, "roi_size": [32, 64, 32], "samples_per_volume": 1,
-                 "crop_foreground": False, "sw_batch_size": 1},
-        "model": {"name": "bipvl_seg", "feature_size": 12, "fusion_heads": 4, "fusion_mlp": 32, "max_text_len": 16,
-                  **model},
-        "train": {"max_epochs": 1, "lr": 1e-3, "warmup_epochs": 0, "accelerator": "cpu",
-                  "monitor": "valid/mean_dice", "monitor_mode": "max"},
-    }, "test")
+    return validate_config(
+        {
+            "name": "tiny_bipvl",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {
+                "source": "decathlon",
+                "root": str(root),
+                "descriptions": str(root / "descriptions.csv"),
+                "val_cases": 1,
+                "test_cases": 1,
+                "roi_size": [32, 64, 32],
+                "samples_per_volume": 1,
+                "crop_foreground": False,
+                "sw_batch_size": 1,
+            },
+            "model": {
+                "name": "bipvl_seg",
+                "feature_size": 12,
+                "fusion_heads": 4,
+                "fusion_mlp": 32,
+                "max_text_len": 16,
+                **model,
+            },
+            "train": {
+                "max_epochs": 1,
+                "lr": 1e-3,
+                "warmup_epochs": 0,
+                "accelerator": "cpu",
+                "monitor": "valid/mean_dice",
+                "monitor_mode": "max",
+            },
+        },
+        "test",
+    )
 
 
 @pytest.mark.slow
@@ -97,26 +123,43 @@ def test_3d_metrics_are_scored_on_the_label_files_grid(tmp_path):
     the label file's grid, which differs from the Dice on the resampled grid that was reported before."""
     from monai.transforms import LoadImage, Spacing
 
-    root = write_synthetic_decathlon(tmp_path / "aniso", n_cases=4, shape=(16, 16, 7), num_classes=3,
-                                     spacing=(1.0, 1.0, 4.0))
-    cfg = validate_config({
-        "name": "grid", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "decathlon", "root": str(root), "descriptions": str(root / "descriptions.csv"),
-                 "val_cases": 1, "test_cases": 1, "roi_size": [16, 16, 32], "pixdim": [1.0, 1.0, 1.0],
-                 "crop_foreground": False, "sw_batch_size": 1, "cache_rate": 0.0},
-        "model": {"name": "bipvl_seg"}, "train": {"accelerator": "cpu"}}, "test")
+    root = write_synthetic_decathlon(
+        tmp_path / "aniso", n_cases=4, shape=(16, 16, 7), num_classes=3, spacing=(1.0, 1.0, 4.0)
+    )
+    cfg = validate_config(
+        {
+            "name": "grid",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {
+                "source": "decathlon",
+                "root": str(root),
+                "descriptions": str(root / "descriptions.csv"),
+                "val_cases": 1,
+                "test_cases": 1,
+                "roi_size": [16, 16, 32],
+                "pixdim": [1.0, 1.0, 1.0],
+                "crop_foreground": False,
+                "sw_batch_size": 1,
+                "cache_rate": 0.0,
+            },
+            "model": {"name": "bipvl_seg"},
+            "train": {"accelerator": "cpu"},
+        },
+        "test",
+    )
     kind = TASK_KINDS["segmentation3d"]
     data = kind.data(cfg, None, None)
     data.setup()
-    task = kind.task(cfg, _Everywhere(3, cls=1))
+    task = kind.task(cfg, _Everywhere(3, cls=1), data)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     logged = trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)[0]
 
     label = np.asarray(nib.load(data.cases["test"][0].label).dataobj)
     organ = (label == 1).sum()
     on_file_grid = 2 * organ / (organ + label.size)  # the prediction is class 1 in every voxel
-    resampled = Spacing(pixdim=(1.0, 1.0, 1.0), mode="nearest")(LoadImage(ensure_channel_first=True)(
-        data.cases["test"][0].label))[0].numpy()
+    resampled = Spacing(pixdim=(1.0, 1.0, 1.0), mode="nearest")(
+        LoadImage(ensure_channel_first=True)(data.cases["test"][0].label)
+    )[0].numpy()
     on_resampled_grid = 2 * (resampled == 1).sum() / ((resampled == 1).sum() + resampled.size)
     assert abs(on_file_grid - on_resampled_grid) > 1e-3  # the two grids give different answers ...
     name = "smooth_organ"
@@ -127,15 +170,26 @@ def test_3d_metrics_are_scored_on_the_label_files_grid(tmp_path):
 def test_a_test_split_that_is_the_validation_split_must_be_asked_for(tmp_path, root):
     from gpfuse.config import ConfigError
 
-    raw = {"name": "x", "output_dir": str(tmp_path), "model": {"name": "bipvl_seg"},
-           "data": {"source": "decathlon", "root": str(root), "descriptions": "msd_hippocampus", "val_cases": 2,
-                    "test_cases": 0}}
+    raw = {
+        "name": "x",
+        "output_dir": str(tmp_path),
+        "model": {"name": "bipvl_seg"},
+        "data": {
+            "source": "decathlon",
+            "root": str(root),
+            "descriptions": "msd_hippocampus",
+            "val_cases": 2,
+            "test_cases": 0,
+        },
+    }
     with pytest.raises(ConfigError, match=r"data: .*test_cases is 0.*test_is_validation: true"):
         validate_config(raw, "test")
     with pytest.raises(ConfigError, match="needs test_cases: 0"):
         validate_config({**raw, "data": {**raw["data"], "test_cases": 1, "test_is_validation": True}}, "test")
-    cfg = validate_config({**raw, "data": {**raw["data"], "descriptions": str(root / "descriptions.csv"),
-                                           "test_is_validation": True}}, "test")
+    cfg = validate_config(
+        {**raw, "data": {**raw["data"], "descriptions": str(root / "descriptions.csv"), "test_is_validation": True}},
+        "test",
+    )
     data = TASK_KINDS["segmentation3d"].data(cfg, None, None)
     data.setup()
     assert data.cases["test"] == data.cases["valid"] and len(data.cases["valid"]) == 2

@@ -1,5 +1,6 @@
 """PGF-Net through the sentiment pipeline: token ids from the backbone's tokenizer (truncation counted and
 reported, empty transcripts named), a whole run with eval and predict, the MMSA pickle's raw text."""
+
 from __future__ import annotations
 
 import csv
@@ -22,12 +23,16 @@ def mosi(tmp_path_factory):
 
 
 def _config(tmp_path, root, text_len=16, **model):
-    return validate_config({
-        "name": "tiny_pgf", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "mosi", "root": str(root), "batch_size": 8, "max_len": {"text": text_len, "audio": 1}},
-        "model": {"name": "pgf_net", "fusion_heads": 2, "lora_rank": 4, "adapter": 8, **model},
-        "train": {"max_epochs": 2, "warmup_epochs": 0, "lr": 1e-3, "accelerator": "cpu"},
-    }, "test")
+    return validate_config(
+        {
+            "name": "tiny_pgf",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {"source": "mosi", "root": str(root), "batch_size": 8, "max_len": {"text": text_len, "audio": 1}},
+            "model": {"name": "pgf_net", "fusion_heads": 2, "lora_rank": 4, "adapter": 8, **model},
+            "train": {"max_epochs": 2, "warmup_epochs": 0, "lr": 1e-3, "accelerator": "cpu"},
+        },
+        "test",
+    )
 
 
 def test_token_ids_from_the_backbone_tokenizer_with_truncation_counted(tmp_path, mosi, caplog):

@@ -1,7 +1,9 @@
 """GPF-Net runs end to end on generated Colo-Pair and Market-1501 folders: train, both text protocols,
 eval (metrics.json + rank list), resume refusal for another model, bad input through the data module."""
+
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -12,9 +14,18 @@ from gpfuse.data.synthetic_reid import write_synthetic_colo_pair, write_syntheti
 from gpfuse.models.io import CheckpointMismatchError
 from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
 
-MODEL = {"name": "gpf_net", "image_encoder": "efficientnet_lite0", "image_weights": None, "dim": 32,
-         "num_fusion_layers": 2, "fusion_heads": 4, "fusion_ffn": 64, "final_layers": 1, "final_ffn": 64,
-         "max_text_len": 16}
+MODEL = {
+    "name": "gpf_net",
+    "image_encoder": "efficientnet_lite0",
+    "image_weights": None,
+    "dim": 32,
+    "num_fusion_layers": 2,
+    "fusion_heads": 4,
+    "fusion_ffn": 64,
+    "final_layers": 1,
+    "final_ffn": 64,
+    "max_text_len": 16,
+}
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +34,30 @@ def colo(tmp_path_factory):
 
 
 def _config(tmp_path, source, root, **data):
-    return validate_config({
-        "name": f"tiny_{source}", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": source, "root": str(root), "image_size": [48, 48], "batch_size": 8, "num_instances": 2,
-                 "val_ids": 2, **data},
-        "model": {**MODEL, **({"text_model": None} if source != "colo_pair" else {})},
-        "train": {"max_epochs": 2, "accelerator": "cpu", "monitor": "valid/mAP", "monitor_mode": "max",
-                  "warmup_epochs": 0},
-    }, "test")
+    return validate_config(
+        {
+            "name": f"tiny_{source}",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {
+                "source": source,
+                "root": str(root),
+                "image_size": [48, 48],
+                "batch_size": 8,
+                "num_instances": 2,
+                "val_ids": 2,
+                **data,
+            },
+            "model": {**MODEL, **({"text_model": None} if source != "colo_pair" else {})},
+            "train": {
+                "max_epochs": 2,
+                "accelerator": "cpu",
+                "monitor": "valid/mAP",
+                "monitor_mode": "max",
+                "warmup_epochs": 0,
+            },
+        },
+        "test",
+    )
 
 
 @pytest.mark.slow
@@ -50,7 +77,7 @@ def test_gpf_net_on_colo_pair_reports_both_protocols_and_evaluates(tmp_path, col
     assert rows[0] == "query,rank,gallery,distance,same_id" and len(rows) > 1
     first = [r.split(",") for r in rows[1:] if r.split(",")[0] == rows[1].split(",")[0]]
     assert [int(r[1]) for r in first] == list(range(1, len(first) + 1))
-    assert all(float(a[3]) <= float(b[3]) for a, b in zip(first, first[1:]))  # sorted by distance
+    assert all(float(a[3]) <= float(b[3]) for a, b in itertools.pairwise(first))  # sorted by distance
 
 
 @pytest.mark.slow
@@ -89,7 +116,7 @@ def test_empty_report_gives_an_all_false_text_mask(tmp_path):
     table = next(root.glob("*.csv"))
     lines = table.read_text().splitlines()
     first_id = lines[1].split(",")[0]
-    table.write_text("\n".join([lines[0], f"{first_id},"] + lines[2:]) + "\n")
+    table.write_text("\n".join([lines[0], f"{first_id},", *lines[2:]]) + "\n")
     dm = ReIDDataModule(_config(tmp_path, "colo_pair", root, missing_report="empty").data, text_model="minilm")
     dm.setup()
     tokens = dm.collate.tokens
@@ -103,11 +130,15 @@ def test_folds_are_summarised_over_runs(tmp_path, colo):
     cfg = _config(tmp_path, "colo_pair", colo, protocols=["own"])
     cfg.train.max_epochs = 1
     summary = train_seeds(cfg, seeds=[7], folds=[0, 1])
-    per_fold = [json.loads((tmp_path / "runs" / "tiny_colo_pair" / f"fold_{f}" / "seed_7" / "metrics.json").read_text())
-                for f in (0, 1)]
+    per_fold = [
+        json.loads((tmp_path / "runs" / "tiny_colo_pair" / f"fold_{f}" / "seed_7" / "metrics.json").read_text())
+        for f in (0, 1)
+    ]
     assert summary["folds"] == [0, 1]
     values = [m["test"]["own/mAP"] for m in per_fold]
     assert summary["test"]["own/mAP"][0] == pytest.approx(sum(values) / 2)
-    queries = [(tmp_path / "runs" / "tiny_colo_pair" / f"fold_{f}" / "seed_7" / "splits" / "query.txt").read_text()
-               for f in (0, 1)]
+    queries = [
+        (tmp_path / "runs" / "tiny_colo_pair" / f"fold_{f}" / "seed_7" / "splits" / "query.txt").read_text()
+        for f in (0, 1)
+    ]
     assert queries[0] != queries[1]  # each fold tests other videos

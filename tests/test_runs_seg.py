@@ -1,5 +1,6 @@
 """EA-DK runs end to end on generated polyp folders: train with a grouped split, both metric conventions per
 test set, eval, predict (masks + overlays), resume, config errors."""
+
 from __future__ import annotations
 
 import json
@@ -20,34 +21,59 @@ from gpfuse.tasks.runner import evaluate, predict, run_dir_for, train
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("polyp")
-    return (write_synthetic_polyp_folder(root / "train", n_images=20, size=40, per_sequence=4, seed=0),
-            write_synthetic_polyp_folder(root / "other", n_images=6, size=48, seed=1))
+    return (
+        write_synthetic_polyp_folder(root / "train", n_images=20, size=40, per_sequence=4, seed=0),
+        write_synthetic_polyp_folder(root / "other", n_images=6, size=48, seed=1),
+    )
 
 
 def _config(tmp_path, train_folder, **data):
-    return validate_config({
-        "name": "tiny_ea_dk", "output_dir": str(tmp_path / "runs"),
-        "data": {"source": "polyp_folders", "train": [str(train_folder)], "image_size": 32, "batch_size": 4,
-                 "eval_batch_size": 4, **data},
-        "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
-        "train": {"max_epochs": 2, "accelerator": "cpu", "optimizer": "sgd", "lr": 0.01, "schedule": "poly",
-                  "monitor": "valid/Dice", "monitor_mode": "max"},
-    }, "test")
+    return validate_config(
+        {
+            "name": "tiny_ea_dk",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {
+                "source": "polyp_folders",
+                "train": [str(train_folder)],
+                "image_size": 32,
+                "batch_size": 4,
+                "eval_batch_size": 4,
+                **data,
+            },
+            "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 16},
+            "train": {
+                "max_epochs": 2,
+                "accelerator": "cpu",
+                "optimizer": "sgd",
+                "lr": 0.01,
+                "schedule": "poly",
+                "monitor": "valid/Dice",
+                "monitor_mode": "max",
+            },
+        },
+        "test",
+    )
 
 
 @pytest.mark.slow
 def test_grouped_split_run_evaluates_predicts_and_resumes(tmp_path, folders):
     train_folder, other = folders
-    cfg = _config(tmp_path, train_folder, split="group", test_fraction=0.25, val_fraction=0.34,
-                  test={"other": str(other)})
+    cfg = _config(
+        tmp_path, train_folder, split="group", test_fraction=0.25, val_fraction=0.34, test={"other": str(other)}
+    )
     metrics = train(cfg)
     for name in ("other", "held_out"):
         for key in (*PAPER_METRICS, *TOOLBOX_METRICS):
             assert f"{name}/{key}" in metrics["test"]
-    assert 0.0 <= metrics["test"]["held_out/Dice"] <= 1.0 and set(metrics["valid"]) == {*PAPER_METRICS, *TOOLBOX_METRICS}
+    assert 0.0 <= metrics["test"]["held_out/Dice"] <= 1.0 and set(metrics["valid"]) == {
+        *PAPER_METRICS,
+        *TOOLBOX_METRICS,
+    }
     run = run_dir_for(cfg)
-    groups = {name: {line.split("\t")[2] for line in (run / "splits" / f"{name}.txt").read_text().splitlines()[1:]}
-              for name in ("train", "valid", "test_held_out")}
+    groups = {
+        name: {line.split("\t")[2] for line in (run / "splits" / f"{name}.txt").read_text().splitlines()[1:]}
+        for name in ("train", "valid", "test_held_out")
+    }
     assert groups["train"].isdisjoint(groups["valid"]) and groups["train"].isdisjoint(groups["test_held_out"])
     assert (run / "predictions_other.png").is_file() and (run / "model" / "model.safetensors").is_file()
     assert json.loads((run / "data_stats.json").read_text())["images"]["test_other"] == 6
@@ -58,9 +84,14 @@ def test_grouped_split_run_evaluates_predicts_and_resumes(tmp_path, folders):
     mask = np.asarray(Image.open(out / "masks" / "001.png"))
     assert mask.shape == (48, 48) and set(np.unique(mask)) <= {0, 255}  # the image's own size, 0/255
     assert (out / "overlays" / "001.png").is_file()
-    rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "name,height,width,foreground_fraction,dice" and rows[1].endswith(",")  # no masks given
-    with_masks = predict(run, other, tmp_path / "pred_masks")  # a folder with masks/: Dice per image
+    rows = (out / "predictions.csv").read_text().splitlines()  # images/ given: the masks/ beside it are found
+    assert rows[0] == "name,height,width,foreground_fraction,dice" and all(r.split(",")[4] for r in rows[1:])
+    bare = shutil.copytree(other / "images", tmp_path / "bare")
+    rows = (predict(run, bare, tmp_path / "pred_bare", save_probabilities=True) / "predictions.csv").read_text()
+    assert rows.splitlines()[1].endswith(",")  # no masks anywhere: no Dice
+    soft = np.asarray(Image.open(tmp_path / "pred_bare" / "probabilities" / "001.png"))
+    assert soft.dtype == np.uint8 and soft.shape == (48, 48) and len(np.unique(soft)) > 2  # an 8-bit soft map
+    with_masks = predict(run, other, tmp_path / "pred_masks")  # the data folder itself: Dice per image
     assert all(r.split(",")[4] != "" for r in (with_masks / "predictions.csv").read_text().splitlines()[1:])
     resumed = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"max_epochs": 3})}), resume=True)
     assert resumed["epochs_run"] == 3
@@ -85,8 +116,14 @@ def test_config_errors_name_the_key(tmp_path, folders):
     with pytest.raises(ConfigError, match="data.split"):
         _config(tmp_path, folders[0], split="sometimes")
     with pytest.raises(ConfigError, match="model.channel"):
-        validate_config({"name": "x", "data": {"source": "polyp_folders", "train": ["a"]},
-                         "model": {"name": "ea_dk", "channel": 32}}, "test")
+        validate_config(
+            {
+                "name": "x",
+                "data": {"source": "polyp_folders", "train": ["a"]},
+                "model": {"name": "ea_dk", "channel": 32},
+            },
+            "test",
+        )
 
 
 @pytest.mark.slow
@@ -95,9 +132,12 @@ def test_channels_last_bf16_run_saves_reloads_and_evaluates_the_same(tmp_path, f
 
     train_folder, _ = folders
     cfg = _config(tmp_path, train_folder, split="random", test_fraction=0.25)
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={
-        "max_epochs": 1, "precision": "bf16-mixed", "channels_last": True})})
-    task = _task(cfg, create_model("ea_dk", **cfg.model_options()))
+    cfg = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(update={"max_epochs": 1, "precision": "bf16-mixed", "channels_last": True})
+        }
+    )
+    task = _task(cfg, create_model("ea_dk", **cfg.model_options()), None)
     convs = [m.weight for m in task.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
     metrics = train(cfg)

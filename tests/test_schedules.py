@@ -1,4 +1,5 @@
 """Learning-rate schedule: warm-up then cosine, values by hand."""
+
 from __future__ import annotations
 
 import math
@@ -39,11 +40,11 @@ def test_poly_decay_by_hand_and_the_optimisers():
     from gpfuse.tasks.schedules import build_optimizer, lr_lambda, warmup_poly
 
     assert warmup_poly(0, 0, 10) == pytest.approx(1.0)
-    assert warmup_poly(5, 0, 10, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert warmup_poly(5, 0, 10, 0.9) == pytest.approx(0.5**0.9)
     assert warmup_poly(10, 0, 10) == 0.0 and warmup_poly(15, 0, 10) == 0.0  # clamped after the end
     assert warmup_poly(0, 2, 12) == pytest.approx(0.5) and warmup_poly(2, 2, 12) == pytest.approx(1.0)
     assert warmup_poly(7, 2, 12, 1.0) == pytest.approx(0.5)  # linear with power 1: 5 of 10 decay steps
-    assert lr_lambda("poly", 0, 10, 1e-3, 0.0, 0.9)(5) == pytest.approx(0.5 ** 0.9)
+    assert lr_lambda("poly", 0, 10, 1e-3, 0.0, 0.9)(5) == pytest.approx(0.5**0.9)
     assert lr_lambda("warmup_cosine", 4, 20, 1e-3, 1e-6)(0) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="schedule must be one of"):
         lr_lambda("step", 0, 10, 1e-3, 0.0)

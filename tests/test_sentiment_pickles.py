@@ -1,4 +1,5 @@
 """MMSA/MulT feature pickles: layouts, masks, validation, the restricted unpickler and npz conversion."""
+
 from __future__ import annotations
 
 import logging
@@ -110,7 +111,7 @@ def test_mult_shapes_left_padded_masks_ids(mult):
             np.testing.assert_array_equal(sf.masks[m], np.abs(r[m]).sum(-1) > 0)
             for row in sf.masks[m]:  # left padding: False... then True...
                 k = int(row.sum())
-                assert k >= 1 and row[seq_len - k:].all() and not row[: seq_len - k].any()
+                assert k >= 1 and row[seq_len - k :].all() and not row[: seq_len - k].any()
 
 
 def test_modalities_subset_and_bad_names(mmsa, mult):
@@ -127,8 +128,9 @@ def test_modalities_subset_and_bad_names(mmsa, mult):
 def test_auto_detection(mmsa, mult, tmp_path):
     _assert_same(load_feature_pickle(mmsa), load_mmsa_pickle(mmsa))
     _assert_same(load_feature_pickle(mult), load_mult_pickle(mult))
-    odd = _dump({s: {"feats": np.zeros((2, 3, 4)), "y": np.zeros(2)} for s in ("train", "valid", "test")},
-                tmp_path / "odd.pkl")
+    odd = _dump(
+        {s: {"feats": np.zeros((2, 3, 4)), "y": np.zeros(2)} for s in ("train", "valid", "test")}, tmp_path / "odd.pkl"
+    )
     with pytest.raises(ValueError, match=r"odd\.pkl.*cannot detect.*\['feats', 'y'\]"):
         load_feature_pickle(odd)
     with pytest.raises(ValueError, match="layout must be one of"):
@@ -155,7 +157,9 @@ def test_nonfinite_features_replaced_and_counted(mult, caplog):
 def test_nonfinite_labels_rejected(mmsa):
     raw = _raw(mmsa)
     raw["valid"]["regression_labels"][2] = np.nan
-    with pytest.raises(ValueError, match=r"aligned_50\.pkl:valid/regression_labels: 1 label\(s\) are NaN or inf \(e.g. row 2\)"):
+    with pytest.raises(
+        ValueError, match=r"aligned_50\.pkl:valid/regression_labels: 1 label\(s\) are NaN or inf \(e.g. row 2\)"
+    ):
         load_mmsa_pickle(_dump(raw, mmsa))
 
 
@@ -241,16 +245,26 @@ def test_structure_errors_name_file_split_and_key(mmsa, mult):
     cases = [
         (lambda r: r["train"].pop("audio"), r"aligned_50\.pkl:train: missing key 'audio'"),
         (lambda r: r["test"].pop("id"), r"aligned_50\.pkl:test: missing key 'id'"),
-        (lambda r: r["train"].__setitem__("audio", r["train"]["audio"][:, :, 0]),
-         r"aligned_50\.pkl:train/audio: expected 3 dimensions, got shape \(8, 12\)"),
-        (lambda r: r["valid"].__setitem__("vision", r["valid"]["vision"][:3]),
-         r"aligned_50\.pkl:valid/vision: has 3 rows but regression_labels has 4"),
-        (lambda r: r["train"]["vision_lengths"].__setitem__(5, 11),
-         r"aligned_50\.pkl:train/vision_lengths: vision length 11 at index 5 is not an integer in \[0, 10\]"),
-        (lambda r: r["train"].__setitem__("text_bert", r["train"]["text_bert"][:, :, :5]),
-         r"aligned_50\.pkl:train/text_bert: expected \(N, 3, 8\)"),
-        (lambda r: r["test"].__setitem__("audio", r["test"]["raw_text"][:, None, None]),
-         r"aligned_50\.pkl:test/audio: expected numbers, got dtype object"),
+        (
+            lambda r: r["train"].__setitem__("audio", r["train"]["audio"][:, :, 0]),
+            r"aligned_50\.pkl:train/audio: expected 3 dimensions, got shape \(8, 12\)",
+        ),
+        (
+            lambda r: r["valid"].__setitem__("vision", r["valid"]["vision"][:3]),
+            r"aligned_50\.pkl:valid/vision: has 3 rows but regression_labels has 4",
+        ),
+        (
+            lambda r: r["train"]["vision_lengths"].__setitem__(5, 11),
+            r"aligned_50\.pkl:train/vision_lengths: vision length 11 at index 5 is not an integer in \[0, 10\]",
+        ),
+        (
+            lambda r: r["train"].__setitem__("text_bert", r["train"]["text_bert"][:, :, :5]),
+            r"aligned_50\.pkl:train/text_bert: expected \(N, 3, 8\)",
+        ),
+        (
+            lambda r: r["test"].__setitem__("audio", r["test"]["raw_text"][:, None, None]),
+            r"aligned_50\.pkl:test/audio: expected numbers, got dtype object",
+        ),
     ]
     for corrupt, match in cases:
         raw = _raw(write_mmsa_pickle(mmsa))

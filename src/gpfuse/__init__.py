@@ -1,2 +1,23 @@
-"""gpfuse: gated, progressive multimodal fusion (GPF-Net, GRF, PGF-Net, EA-DK, BiPVL-Seg)."""
+"""gpfuse: gated, progressive multimodal fusion (GPF-Net, GRF, PGF-Net, EA-DK, BiPVL-Seg).
+
+``gpfuse.load(run_or_model_folder)`` gives a trained model with its preprocessing (:mod:`gpfuse.inference`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+if TYPE_CHECKING:
+    from gpfuse.inference import Predictor
+
+
+def load(path: str | Path, device: Any = "cpu") -> Predictor:
+    """The predictor of a saved run or model folder (see :func:`gpfuse.inference.load`); imported on first use,
+    so that ``import gpfuse`` stays light."""
+    from gpfuse.inference import load as load_predictor
+
+    return load_predictor(path, device)

@@ -2,30 +2,41 @@
 
 Every error reaches the user as one ``error:`` line that names the file, key or value, with exit code 2
 (:func:`main`); ``gpfuse --debug COMMAND`` shows the traceback instead."""
+
 from __future__ import annotations
 
 import shlex
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+if TYPE_CHECKING:
+    from monai.networks.nets import SwinUNETR
+
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation noise
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line
 
-DEMO_CONFIGS = ("configs/grf_mosi_demo.yaml", "configs/gpf_net_demo.yaml", "configs/ea_dk_demo.yaml",
-                "configs/pgf_net_demo.yaml", "configs/bipvl_seg_demo.yaml")
+DEMO_CONFIGS = (
+    "configs/grf_mosi_demo.yaml",
+    "configs/gpf_net_demo.yaml",
+    "configs/ea_dk_demo.yaml",
+    "configs/pgf_net_demo.yaml",
+    "configs/bipvl_seg_demo.yaml",
+)
 SEG_ENCODERS = ("efficientnet_lite0", "res2net50_v1b_26w_4s", "resnet50")
-PAPER_SIZES = {"pgf_net": "3.09M trainable parameters with BERT-base (110M frozen); see README for why ours differ",
-               "gpf_net": "51.3M parameters, 71.5 GFLOPs (ResNet-50 + ALBERT-base); see README"}
+PAPER_SIZES = {
+    "pgf_net": "3.09M trainable parameters with BERT-base (110M frozen); see README for why ours differ",
+    "gpf_net": "51.3M parameters, 71.5 GFLOPs (ResNet-50 + ALBERT-base); see README",
+}
 
 
-def _seeds(text: Optional[str], default: int) -> list[int]:
+def _seeds(text: str | None, default: int) -> list[int]:
     if not text:
         return [default]
     try:
@@ -46,7 +57,9 @@ def _table(title: str, rows: dict[str, dict[str, object]]) -> Table:
         cells = []
         for metrics in rows.values():
             v = metrics.get(key)
-            cells.append("" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, (list, tuple)) else f"{v:.4f}")
+            cells.append(
+                "" if v is None else f"{v[0]:.4f} ± {v[1]:.4f}" if isinstance(v, (list, tuple)) else f"{v:.4f}"
+            )
         table.add_row(key, *cells)
     return table
 
@@ -93,19 +106,22 @@ def main() -> None:
 
 
 @app.command()
-def train(config: Path = typer.Argument(..., help="YAML run config"),
-          set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=3e-4"),
-          seeds: Optional[str] = typer.Option(None, help="comma-separated seeds, e.g. 1111,1112,1113"),
-          folds: Optional[str] = typer.Option(None, help="comma-separated data.fold values (CV folds, random splits)"),
-          resume: bool = typer.Option(False, help="continue the run(s) from checkpoints/last.ckpt")) -> None:
+def train(
+    config: Path = typer.Argument(..., help="YAML run config"),
+    set_: list[str] = typer.Option([], "--set", help="override, e.g. --set train.lr=3e-4"),
+    seeds: str | None = typer.Option(None, help="comma-separated seeds, e.g. 1111,1112,1113"),
+    folds: str | None = typer.Option(None, help="comma-separated data.fold values (CV folds, random splits)"),
+    resume: bool = typer.Option(False, help="continue the run(s) from checkpoints/last.ckpt"),
+) -> None:
     """Train CONFIG (one run per seed and fold); prints the metrics, mean ± std over runs."""
     from gpfuse.config import load_config
     from gpfuse.tasks.runner import is_main_process, train_seeds
 
     cfg = load_config(config, set_)
     fold_list = _seeds(folds, 0) if folds else None
-    summary = train_seeds(cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv),
-                          folds=fold_list)
+    summary = train_seeds(
+        cfg, _seeds(seeds, cfg.train.seed), resume=resume, command=shlex.join(sys.argv), folds=fold_list
+    )
     if not is_main_process():
         return
     rows = {k: summary[k] for k in ("valid", "test")}
@@ -118,17 +134,28 @@ def train(config: Path = typer.Argument(..., help="YAML run config"),
 
 
 @app.command("eval")
-def eval_(run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)"),
-          set_: list[str] = typer.Option([], "--set", help="where it runs, e.g. --set train.devices=2 --set "
-                                         "train.strategy=ddp (train.accelerator, devices, strategy, num_nodes, "
-                                         "data.num_workers)")) -> None:
-    """Re-evaluate a run's saved model on its valid and test splits (on several processes with --set)."""
+def eval_(
+    run_dir: Path = typer.Argument(..., help="a run folder (…/seed_1111)"),
+    set_: list[str] = typer.Option(
+        [],
+        "--set",
+        help="where it runs, e.g. --set train.devices=2 --set "
+        "train.strategy=ddp (train.accelerator, devices, strategy, num_nodes, "
+        "data.num_workers)",
+    ),
+    data: Path | None = typer.Option(None, help="another labelled set in the run's layout to score"),
+    name: str | None = typer.Option(None, help="with --data: writes metrics_NAME.json (default: the folder's name)"),
+) -> None:
+    """Re-evaluate a run's saved model on its valid and test splits (on several processes with --set), or with
+    --data on another labelled set of the same layout (metrics_NAME.json beside metrics.json, never over it)."""
     from gpfuse.tasks.runner import evaluate, is_main_process
 
-    metrics = evaluate(run_dir, set_)
+    metrics = evaluate(run_dir, set_, data, name)
     if not is_main_process():
         return
-    console.print(_table(str(run_dir), {k: metrics[k] for k in ("valid", "test")}))
+    console.print(
+        _table(str(run_dir if data is None else data), {k: metrics[k] for k in ("valid", "test") if k in metrics})
+    )
     for figure in metrics["figures"]:
         console.print(f"wrote {figure}")
 
@@ -139,18 +166,29 @@ def summary(root: Path = typer.Argument(..., help="folder holding finished runs,
     from gpfuse.tasks.runner import summarise_folder
 
     result = summarise_folder(root)
-    console.print(_table(f"{root}: mean ± std over {len(result['runs'])} runs", {k: result[k] for k in ("valid", "test")}))
+    console.print(
+        _table(f"{root}: mean ± std over {len(result['runs'])} runs", {k: result[k] for k in ("valid", "test")})
+    )
 
 
 @app.command()
-def predict(run_dir: Path, data: Path = typer.Argument(..., help="data in the run's layout (folder or file); "
-                                                       "segmentation: a folder of images"),
-            out: Path = typer.Option(Path("predictions.csv"), help="CSV to write (segmentation: a folder)")) -> None:
+def predict(
+    run_dir: Path,
+    data: Path = typer.Argument(
+        ...,
+        help="data in the run's layout (folder or file); segmentation: a folder of images; 3D: a NIfTI file or folder",
+    ),
+    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write (segmentation, 3D: a folder)"),
+    save_probabilities: bool = typer.Option(
+        False, help="segmentation: also 8-bit probability maps (what the PraNet-toolbox measures score)"
+    ),
+) -> None:
     """Apply the run's model to DATA: sentiment scores (id,split,score,label), re-identification top-10
-    rankings (query,rank,gallery,distance,same_id), or segmentation masks + overlays + predictions.csv."""
+    rankings (query,rank,gallery,distance,same_id), segmentation masks + overlays + predictions.csv, or 3D
+    label volumes on each input's grid."""
     from gpfuse.tasks.runner import predict as run_predict
 
-    path = run_predict(run_dir, data, out)
+    path = run_predict(run_dir, data, out, save_probabilities)
     if path is not None:
         console.print(f"predictions written to {path}")
 
@@ -177,17 +215,20 @@ def info() -> None:
 
 
 @app.command()
-def profile(model: str = typer.Argument(..., help="model name or YAML config"),
-            input_dims: str = typer.Option("text=384,audio=73,vision=35", help="sentiment: modality=size,..."),
-            num_classes: int = typer.Option(24, help="re-identification: training identities"),
-            batch_size: int = 32, seq_len: int = 50,
-            image_size: Optional[int] = typer.Option(None, help="image side (default 224; 352 for ea_dk)")) -> None:
+def profile(
+    model: str = typer.Argument(..., help="model name or YAML config"),
+    input_dims: str = typer.Option("text=384,audio=73,vision=35", help="sentiment: modality=size,..."),
+    num_classes: int = typer.Option(24, help="re-identification: training identities"),
+    batch_size: int = 32,
+    seq_len: int = 50,
+    image_size: int | None = typer.Option(None, help="image side (default 224; 352 for ea_dk)"),
+) -> None:
     """Parameters (total/trainable), FLOPs and forward time of MODEL on synthetic input (sentiment models:
     BATCH_SIZE x SEQ_LEN feature sequences; GPF-Net: one image + a full-length report; EA-DK: one image,
     once per image encoder)."""
     import torch
 
-    from gpfuse.config import load_config
+    from gpfuse.config import SentimentDataConfig, load_config
     from gpfuse.models import create_model
     from gpfuse.tasks.profile import image_text_batch, profile_model, synthetic_batch
 
@@ -196,33 +237,43 @@ def profile(model: str = typer.Argument(..., help="model name or YAML config"),
         cfg = load_config(model)
         name, options = cfg.model["name"], cfg.model_options()
         if cfg.task == "regression":
-            dims = {m: dims[m] for m in cfg.data.modalities}
+            dims = {m: dims[m] for m in cfg.data_as(SentimentDataConfig).modalities}
     else:
         name, options = model, {}
     if name == "bipvl_seg":
         side = image_size or 96
-        prompts = [["A medical image of the background."] + [f"concept {k} of the background." for k in range(5)],
-                   ["A medical image of the organ."] + [f"concept {k} of the organ." for k in range(5)]]
+        prompts = [
+            ["A medical image of the background."] + [f"concept {k} of the background." for k in range(5)],
+            ["A medical image of the organ."] + [f"concept {k} of the organ." for k in range(5)],
+        ]
         for label, switches in (("full", {}), ("vision-only", {"text": False, "alignment": False})):
             net = create_model(name, num_classes=2, class_texts=prompts, **{**options, **switches})
-            figures = profile_model(net, {"image": torch.randn(1, net.vision.swinViT.patch_embed.proj.in_channels, side, side,
-                                                               side)}, repeats=1)
-            console.print(f"bipvl_seg {label}, 1 patch {side}^3: {figures['parameters']:,} parameters "
-                          f"({figures['trainable']:,} trainable), {figures['gflops']:.1f} GFLOPs, "
-                          f"{figures['forward_ms']:.0f} ms forward on CPU")
+            vision = cast("SwinUNETR", net.vision)  # BiPVLSeg's image branch
+            figures = profile_model(
+                net,
+                {"image": torch.randn(1, vision.swinViT.patch_embed.proj.in_channels, side, side, side)},
+                repeats=1,
+            )
+            console.print(
+                f"bipvl_seg {label}, 1 patch {side}^3: {figures['parameters']:,} parameters "
+                f"({figures['trainable']:,} trainable), {figures['gflops']:.1f} GFLOPs, "
+                f"{figures['forward_ms']:.0f} ms forward on CPU"
+            )
         return
     if name == "ea_dk":
         side = image_size or 352
-        for encoder in ([options["encoder"]] if "encoder" in options else SEG_ENCODERS):
+        for encoder in [options["encoder"]] if "encoder" in options else SEG_ENCODERS:
             net = create_model(name, **{**options, "encoder": encoder, "encoder_weights": None})
             figures = profile_model(net, {"image": torch.randn(1, 3, side, side)}, repeats=3)
-            console.print(f"ea_dk with {encoder}, 1 image {side}x{side}: {figures['parameters']:,} parameters, "
-                          f"{figures['gflops']:.2f} GFLOPs, {figures['forward_ms']:.0f} ms forward on CPU")
+            console.print(
+                f"ea_dk with {encoder}, 1 image {side}x{side}: {figures['parameters']:,} parameters, "
+                f"{figures['gflops']:.2f} GFLOPs, {figures['forward_ms']:.0f} ms forward on CPU"
+            )
         return
     image_size = image_size or 224
     if name == "gpf_net":
         net = create_model(name, num_classes=num_classes, **options)
-        batch = image_text_batch(1, image_size, net.pos.pe.shape[0] - 1)
+        batch = image_text_batch(1, image_size, net.get_buffer("pos.pe").shape[0] - 1)  # the positional table
         shape = f"1 image {image_size}x{image_size} + {batch['text_ids'].shape[1]} report tokens"
     elif name == "pgf_net":
         dims.pop("text", None)
@@ -260,7 +311,8 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
 
     from gpfuse.config import load_config
     from gpfuse.tasks.demo_data import with_demo_data
-    from gpfuse.tasks.runner import run_dir_for, train as run_train
+    from gpfuse.tasks.runner import run_dir_for
+    from gpfuse.tasks.runner import train as run_train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for path in configs:
@@ -269,8 +321,12 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
         cfg = with_demo_data(cfg, Path(cfg.output_dir) / "demo_data")
         root = Path(cfg.data.root if hasattr(cfg.data, "root") else cfg.data.train[0])
         metrics = run_train(cfg, command=shlex.join(sys.argv))
-        console.print(_table(f"{cfg.model['name']} on {root} (best epoch {metrics['best_epoch']})",
-                             {k: metrics[k] for k in ("valid", "test")}))
+        console.print(
+            _table(
+                f"{cfg.model['name']} on {root} (best epoch {metrics['best_epoch']})",
+                {k: metrics[k] for k in ("valid", "test")},
+            )
+        )
         console.print(f"parameters: {metrics['parameters']}")
         console.print(f"run folder: {run_dir_for(cfg)}")
 

@@ -5,20 +5,33 @@ the task: sentiment regression or re-identification), ``model``, ``train``.
 ``model`` is checked against the signature of the chosen model's constructor, so an unknown key or a
 wrong type is reported with its dotted key and the file, before anything runs.
 """
+
 from __future__ import annotations
 
 import copy
 import inspect
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from gpfuse.models import MODELS
 
-__all__ = ["ConfigError", "DataConfig", "SentimentDataConfig", "ReIDDataConfig", "SegDataConfig", "VolumeDataConfig", "TrainConfig", "RunConfig", "load_config", "parse_overrides", "apply_overrides"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ReIDDataConfig",
+    "RunConfig",
+    "SegDataConfig",
+    "SentimentDataConfig",
+    "TrainConfig",
+    "VolumeDataConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_overrides",
+]
 
 
 class ConfigError(ValueError):
@@ -40,10 +53,17 @@ class SentimentDataConfig(_Strict):
     max_len: dict[str, int] = Field(default_factory=lambda: {"text": 50, "audio": 50, "vision": 50})
     standardize: bool = True
     cache_dir: str | None = None
-    synthetic_if_missing: bool = Field(False, description="no longer read (kept so that older run folders load): "
-                                       "generated data comes only from `gpfuse demo`")
+    synthetic_if_missing: bool = Field(
+        False,
+        description="no longer read (kept so that older run folders load): "
+        "generated data comes only from `gpfuse demo`",
+    )
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(0, ge=0)
+
+
+def _both_protocols() -> list[Literal["own", "query"]]:
+    return ["own", "query"]
 
 
 class ReIDDataConfig(_Strict):
@@ -63,7 +83,7 @@ class ReIDDataConfig(_Strict):
     eval_batch_size: int = Field(64, ge=1)
     num_workers: int = Field(0, ge=0)
     on_bad_image: Literal["raise", "skip"] = "raise"
-    protocols: list[Literal["own", "query"]] = Field(default_factory=lambda: ["own", "query"])
+    protocols: list[Literal["own", "query"]] = Field(default_factory=_both_protocols)
     select_protocol: Literal["own", "query"] = "own"
     metric: Literal["euclidean", "cosine"] = "euclidean"
     ap: Literal["standard", "trapezoid"] = Field("standard", description="trapezoid: the GPF-Net code's old AP")
@@ -122,8 +142,10 @@ class VolumeDataConfig(_Strict):
     ct_window: tuple[float, float] = (-175.0, 250.0)
     crop_foreground: bool = True
     samples_per_volume: int = Field(2, ge=1)
-    flip_axes: tuple[Literal[0, 1, 2], ...] = Field((0, 1, 2), description="RAS axes the anatomy may be mirrored "
-                                                    "along; leave out one that names classes (left/right organs)")
+    flip_axes: tuple[Literal[0, 1, 2], ...] = Field(
+        (0, 1, 2),
+        description="RAS axes the anatomy may be mirrored along; leave out one that names classes (left/right organs)",
+    )
     flip_prob: float = Field(0.1, ge=0, le=1)
     batch_size: int = Field(1, ge=1)
     sw_batch_size: int = Field(4, ge=1)
@@ -136,57 +158,78 @@ class VolumeDataConfig(_Strict):
     @model_validator(mode="after")
     def _test_split_is_not_the_validation_split(self) -> VolumeDataConfig:
         if self.test_cases == 0 and not self.test_is_validation:
-            raise ValueError("test_cases is 0, so the figures reported as test would be the validation split that "
-                             "selects the checkpoint: give test_cases >= 1, or set test_is_validation: true to "
-                             "report the validation split as test knowingly")
+            raise ValueError(
+                "test_cases is 0, so the figures reported as test would be the validation split that "
+                "selects the checkpoint: give test_cases >= 1, or set test_is_validation: true to "
+                "report the validation split as test knowingly"
+            )
         if self.test_cases > 0 and self.test_is_validation:
             raise ValueError(f"test_is_validation: true needs test_cases: 0, got test_cases: {self.test_cases}")
         return self
 
 
-DataConfig = Annotated[Union[SentimentDataConfig, ReIDDataConfig, SegDataConfig, VolumeDataConfig],
-                       Field(discriminator="source")]
-TASK_OF_DATA = {SentimentDataConfig: "regression", ReIDDataConfig: "retrieval", SegDataConfig: "segmentation",
-                VolumeDataConfig: "segmentation3d"}
+DataConfig = Annotated[
+    SentimentDataConfig | ReIDDataConfig | SegDataConfig | VolumeDataConfig, Field(discriminator="source")
+]
+_Section = typing.TypeVar("_Section", SentimentDataConfig, ReIDDataConfig, SegDataConfig, VolumeDataConfig)
+TASK_OF_DATA = {
+    SentimentDataConfig: "regression",
+    ReIDDataConfig: "retrieval",
+    SegDataConfig: "segmentation",
+    VolumeDataConfig: "segmentation3d",
+}
 
 
 class TrainConfig(_Strict):
     """Optimisation and the Lightning trainer (GRF public recipe as defaults)."""
 
-    max_epochs: int = Field(100, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_epochs: int = Field(5, ge=0)
-    min_lr: float = Field(1e-6, ge=0)
-    patience: int = Field(20, ge=1)
+    max_epochs: int = Field(default=100, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_epochs: int = Field(default=5, ge=0)
+    min_lr: float = Field(default=1e-6, ge=0)
+    patience: int = Field(default=20, ge=1)
     grad_clip: float | None = 1.0
-    lr_backbone: float | None = Field(None, gt=0, description="retrieval: lr of image/text encoders")
-    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="segmentation: sgd (EA-DK) or adamw")
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd momentum")
-    schedule: Literal["warmup_cosine", "poly"] = Field("warmup_cosine", description="segmentation: per step")
-    poly_power: float = Field(0.9, gt=0)
-    threshold: float = Field(0.5, gt=0, lt=1, description="segmentation: probability threshold (paper metrics)")
-    temperature: float = Field(0.2, gt=0, description="segmentation3d: InfoNCE temperature")
-    hard_negatives: int = Field(3, ge=1, description="segmentation3d: hard negatives per concept pair")
+    lr_backbone: float | None = Field(default=None, gt=0, description="retrieval: lr of image/text encoders")
+    optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="segmentation: sgd (EA-DK) or adamw")
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="sgd momentum")
+    schedule: Literal["warmup_cosine", "poly"] = Field(default="warmup_cosine", description="segmentation: per step")
+    poly_power: float = Field(default=0.9, gt=0)
+    threshold: float = Field(default=0.5, gt=0, lt=1, description="segmentation: probability threshold (paper metrics)")
+    temperature: float = Field(default=0.2, gt=0, description="segmentation3d: InfoNCE temperature")
+    hard_negatives: int = Field(default=3, ge=1, description="segmentation3d: hard negatives per concept pair")
+    global_alignment: Literal["concept_weighted", "uniform"] = Field(
+        default="concept_weighted",
+        description="segmentation3d: weigh each class's global InfoNCE term by its concept-to-vision similarity "
+        "(the paper) or not",
+    )
+    local_alignment: bool = Field(default=True, description="segmentation3d: the concept-level InfoNCE term")
     loss: Literal["l1", "mse"] = "l1"
-    aux_weight: float = Field(0.4, ge=0)
-    margin: float = Field(0.3, ge=0, description="retrieval: triplet margin")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    id_weight: float = Field(1.0, ge=0)
-    triplet_weight: float = Field(1.0, ge=0)
+    aux_weight: float = Field(default=0.4, ge=0)
+    margin: float = Field(default=0.3, ge=0, description="retrieval: triplet margin")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    id_weight: float = Field(default=1.0, ge=0)
+    triplet_weight: float = Field(default=1.0, ge=0)
     seed: int = 1111
     deterministic: bool | Literal["warn"] = Field(
-        "warn", description="warn: deterministic algorithms where PyTorch has them, a warning (not an error) "
-        "for an operation without one (several CUDA kernels); true: strict, an error there; false: fastest")
+        default="warn",
+        description="warn: deterministic algorithms where PyTorch has them, a warning (not an error) "
+        "for an operation without one (several CUDA kernels); true: strict, an error there; false: fastest",
+    )
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
-    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ...")
-    num_nodes: int = Field(1, ge=1)
+    strategy: str = Field(
+        default="auto", description="Lightning strategy: auto, ddp, ddp_find_unused_parameters_true, ..."
+    )
+    num_nodes: int = Field(default=1, ge=1)
     sync_batchnorm: bool = False
-    accumulate_grad_batches: int = Field(1, ge=1)
+    accumulate_grad_batches: int = Field(default=1, ge=1)
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"] = "32-true"
-    channels_last: bool = Field(False, description="convolutional models: weights in channels_last memory layout "
-                                "(faster on CPUs with oneDNN and on tensor-core GPUs; same results)")
+    channels_last: bool = Field(
+        default=False,
+        description="convolutional models: weights in channels_last memory layout "
+        "(faster on CPUs with oneDNN and on tensor-core GPUs; same results)",
+    )
     monitor: str = "valid/MAE"
     monitor_mode: Literal["min", "max"] = "min"
 
@@ -203,6 +246,11 @@ class RunConfig(_Strict):
         """``regression`` (sentiment), ``retrieval`` (re-identification), ``segmentation`` (image/mask folders) or
         ``segmentation3d`` (Decathlon volumes)."""
         return TASK_OF_DATA[type(self.data)]
+
+    def data_as(self, kind: type[_Section]) -> _Section:
+        """``data`` typed as the section ``kind``, for code of one task kind: the task is chosen by the section's
+        type (:attr:`task`), so that code only ever gets its own section. A typing aid: nothing is checked."""
+        return typing.cast(_Section, self.data)
 
     def data_paths(self) -> list[str]:
         """Every dataset file or folder the run reads."""
@@ -224,7 +272,11 @@ def _options_schema(name: str) -> type[BaseModel]:
     hints = typing.get_type_hints(factory.__init__)
     fields: dict[str, Any] = {"name": (str, ...)}
     for param in list(inspect.signature(factory).parameters.values()):
-        if param.name in RUNTIME_OPTIONS or param.name == "self" or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+        if (
+            param.name in RUNTIME_OPTIONS
+            or param.name == "self"
+            or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+        ):
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[param.name] = (hints.get(param.name, Any), default)
@@ -233,12 +285,24 @@ def _options_schema(name: str) -> type[BaseModel]:
 
 def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
-    tags = {"mosi", "pickle", "npz", "colo_pair", "market1501", "cuhk01", "polyp_folders", "decathlon"}  # union tags pydantic adds to the path
+    tags = {
+        "mosi",
+        "pickle",
+        "npz",
+        "colo_pair",
+        "market1501",
+        "cuhk01",
+        "polyp_folders",
+        "decathlon",
+    }  # union tags pydantic adds to the path
     for e in err.errors():
         loc = [p for i, p in enumerate(e["loc"]) if not (i == 1 and e["loc"][0] == "data" and p in tags)]
         key = ".".join(str(p) for p in (prefix, *loc) if p != "")
-        lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})" if e["type"] != "missing"
-                     else f"  {key}: required key missing")
+        lines.append(
+            f"  {key}: {e['msg']} (got {e.get('input')!r})"
+            if e["type"] != "missing"
+            else f"  {key}: required key missing"
+        )
     return "\n".join(lines)
 
 
@@ -265,8 +329,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for depth, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {'.'.join(path[:depth + 1])} is {child!r}, not a mapping "
-                                  "that could hold " + ".".join(path[depth + 1:]))
+                raise ConfigError(
+                    f"override {item!r}: {'.'.join(path[: depth + 1])} is {child!r}, not a mapping "
+                    "that could hold " + ".".join(path[depth + 1 :])
+                )
             node = child
         node[path[-1]] = value
     return out

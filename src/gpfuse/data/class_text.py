@@ -21,14 +21,25 @@ as ``IVC``) and a leading "the " dropped.
 Descriptions shipped with gpfuse (AMOS22, MSD brain tumour, MSD hippocampus) are found by
 :func:`shipped_descriptions`.
 """
+
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
-__all__ = ["CONCEPTS", "TITLE", "LABEL", "ClassDescription", "read_class_descriptions", "global_prompt",
-           "local_prompts", "shipped_descriptions", "SHIPPED"]
+__all__ = [
+    "CONCEPTS",
+    "LABEL",
+    "SHIPPED",
+    "TITLE",
+    "ClassDescription",
+    "global_prompt",
+    "local_prompts",
+    "read_class_descriptions",
+    "shipped_descriptions",
+]
 
 CONCEPTS = ("Shape", "Location", "Appearance/Density", "Contour/Symmetry", "Internal Texture")
 TITLE = "Title"
@@ -43,7 +54,7 @@ class ClassDescription(NamedTuple):
     """One label class: its index and name in ``dataset.json``, the CSV's Title and the five concept
     descriptions in :data:`CONCEPTS` order."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # public field name that shadows tuple.index on purpose
     name: str
     title: str
     concepts: tuple[str, ...]
@@ -68,8 +79,10 @@ def _labels(path: Path, labels: Mapping[int, str]) -> dict[str, int]:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"{path}: label {index} has no name ({name!r})")
         if _key(name) in by_name:
-            raise ValueError(f"{path}: labels {by_name[_key(name)]} and {index} have the same name {name!r}, "
-                             "so rows cannot be matched to them")
+            raise ValueError(
+                f"{path}: labels {by_name[_key(name)]} and {index} have the same name {name!r}, "
+                "so rows cannot be matched to them"
+            )
         by_name[_key(name)] = index
     return by_name
 
@@ -93,17 +106,20 @@ def read_class_descriptions(path: str | Path, labels: Mapping[int, str]) -> list
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None:
-                raise ValueError(f"{path}: empty file; expected a header with the columns "
-                                 f"{', '.join((TITLE, *CONCEPTS))} (and optionally {LABEL})")
+                raise ValueError(
+                    f"{path}: empty file; expected a header with the columns "
+                    f"{', '.join((TITLE, *CONCEPTS))} (and optionally {LABEL})"
+                )
             header = [h.strip() for h in header]
             missing = [c for c in (TITLE, *CONCEPTS) if c not in header]
             if missing:
-                raise ValueError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; the header is "
-                                 f"{header}")
+                raise ValueError(f"{path}: missing column(s) {', '.join(map(repr, missing))}; the header is {header}")
             unexpected = [h for h in header if h not in (LABEL, TITLE, *CONCEPTS)]
             if unexpected:
-                raise ValueError(f"{path}: unexpected column(s) {', '.join(map(repr, unexpected))}; expected "
-                                 f"{', '.join((TITLE, *CONCEPTS))} and optionally {LABEL}")
+                raise ValueError(
+                    f"{path}: unexpected column(s) {', '.join(map(repr, unexpected))}; expected "
+                    f"{', '.join((TITLE, *CONCEPTS))} and optionally {LABEL}"
+                )
             repeated = sorted({h for h in header if header.count(h) > 1})
             if repeated:
                 raise ValueError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once")
@@ -114,32 +130,43 @@ def read_class_descriptions(path: str | Path, labels: Mapping[int, str]) -> list
                 if not any(c.strip() for c in cells):
                     continue  # a blank line
                 if len(cells) > len(header):
-                    raise ValueError(f"{path}: line {line} has {len(cells)} cells, the header {len(header)} "
-                                     "(an unquoted comma in a description?)")
+                    raise ValueError(
+                        f"{path}: line {line} has {len(cells)} cells, the header {len(header)} "
+                        "(an unquoted comma in a description?)"
+                    )
                 row = dict(zip(header, (c.strip() for c in cells)))
                 key = row.get(match_column, "")
                 if not key:
                     raise ValueError(f"{path}: line {line}: empty {match_column!r}, so the row matches no class")
-                spellings = [s for s in (_key(s) for s in key.split(_ALTERNATIVES)) if s] \
-                    if match_column == LABEL else [_key(key)]
+                spellings = (
+                    [s for s in (_key(s) for s in key.split(_ALTERNATIVES)) if s]
+                    if match_column == LABEL
+                    else [_key(key)]
+                )
                 matched = sorted({by_name[s] for s in spellings if s in by_name})
                 if not matched:
                     known = ", ".join(f"{i} {names[i]!r}" for i in sorted(names))
-                    raise ValueError(f"{path}: line {line}: {match_column} {key!r} matches no class of the "
-                                     f"labels ({known})")
+                    raise ValueError(
+                        f"{path}: line {line}: {match_column} {key!r} matches no class of the labels ({known})"
+                    )
                 if len(matched) > 1:
-                    raise ValueError(f"{path}: line {line}: {match_column} {key!r} matches several classes "
-                                     f"({', '.join(_class(i, names[i]) for i in matched)})")
+                    raise ValueError(
+                        f"{path}: line {line}: {match_column} {key!r} matches several classes "
+                        f"({', '.join(_class(i, names[i]) for i in matched)})"
+                    )
                 index = matched[0]
                 if index in found:
-                    raise ValueError(f"{path}: line {line}: {_class(index, names[index])} is described twice "
-                                     f"(first on line {found[index][0]})")
+                    raise ValueError(
+                        f"{path}: line {line}: {_class(index, names[index])} is described twice "
+                        f"(first on line {found[index][0]})"
+                    )
                 for column in (TITLE, *CONCEPTS):
                     if not row.get(column):
-                        raise ValueError(f"{path}: line {line} ({_class(index, names[index])}): empty "
-                                         f"{column!r}")
-                found[index] = (line, ClassDescription(index, names[index], row[TITLE],
-                                                       tuple(row[c] for c in CONCEPTS)))
+                        raise ValueError(f"{path}: line {line} ({_class(index, names[index])}): empty {column!r}")
+                found[index] = (
+                    line,
+                    ClassDescription(index, names[index], row[TITLE], tuple(row[c] for c in CONCEPTS)),
+                )
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not utf-8 text ({e})") from None
     absent = [i for i in sorted(names) if i not in found]
@@ -176,8 +203,10 @@ def local_prompts(d: ClassDescription) -> list[str]:
     ``"{Concept} of the {title}: {description}"`` with the concept name in sentence case and a final period
     added when the description has none (``"Appearance/density of the liver: ..."``)."""
     phrase = _title_phrase(d.title)
-    return [f"{concept[:1]}{concept[1:].lower()} of the {phrase}: {_sentence(text)}"
-            for concept, text in zip(CONCEPTS, d.concepts)]
+    return [
+        f"{concept[:1]}{concept[1:].lower()} of the {phrase}: {_sentence(text)}"
+        for concept, text in zip(CONCEPTS, d.concepts)
+    ]
 
 
 def shipped_descriptions(name: str) -> Path:

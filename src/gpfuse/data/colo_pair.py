@@ -10,6 +10,7 @@ Folds (spec): the sorted videos are cut into ``num_folds`` contiguous blocks wit
 31 videos and 4 folds that is exactly fold 0 = [24:31], 1 = [16:24], 2 = [8:16], 3 = [0:8]. Folds are by
 video, as in the paper: two videos of one patient may fall on both sides (they share the report text).
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,7 +22,7 @@ import numpy as np
 from gpfuse.data.images import IMAGE_SUFFIXES
 from gpfuse.data.reid import ReIDItem, ReIDSplit, carve_validation, relabel_train
 
-__all__ = ["REPORT_COLUMNS", "colo_pair_fold_videos", "patient_id", "read_report_table", "load_colo_pair"]
+__all__ = ["REPORT_COLUMNS", "colo_pair_fold_videos", "load_colo_pair", "patient_id", "read_report_table"]
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +108,11 @@ def read_report_table(path: str | Path) -> dict[str, str]:
 
 
 def _default_table(root: Path) -> Path:
-    found = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith((".", "~$"))
-                   and p.suffix.lower() in (".xlsx", ".csv"))
+    found = sorted(
+        p
+        for p in root.iterdir()
+        if p.is_file() and not p.name.startswith((".", "~$")) and p.suffix.lower() in (".xlsx", ".csv")
+    )
     if not found:
         raise FileNotFoundError(f"{root}: no report table (*.xlsx or *.csv); pass report_table=")
     if len(found) > 1:
@@ -125,8 +129,11 @@ def _scan_videos(frames: Path) -> dict[str, dict[int, list[str]]]:
             view_dir = video_dir / view
             if not view_dir.is_dir():
                 raise FileNotFoundError(f"Colo-Pair video {video_dir.name!r}: view folder missing: {view_dir}")
-            images = sorted(str(p) for p in view_dir.iterdir()
-                            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(
+                str(p)
+                for p in view_dir.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            )
             if not images:
                 raise ValueError(f"Colo-Pair video {video_dir.name!r}: no images in view folder {view_dir}")
             views[camid] = images
@@ -136,9 +143,15 @@ def _scan_videos(frames: Path) -> dict[str, dict[int, list[str]]]:
     return videos
 
 
-def load_colo_pair(root: str | Path, fold: int, num_folds: int = 4, val_videos: int = 2,
-                   report_table: str | Path | None = None, seed: int = 0,
-                   missing_report: str = "error") -> tuple[ReIDSplit, dict[str, str]]:
+def load_colo_pair(
+    root: str | Path,
+    fold: int,
+    num_folds: int = 4,
+    val_videos: int = 2,
+    report_table: str | Path | None = None,
+    seed: int = 0,
+    missing_report: str = "error",
+) -> tuple[ReIDSplit, dict[str, str]]:
     """One cross-validation fold of a Colo-Pair folder.
 
     Args:
@@ -181,15 +194,21 @@ def load_colo_pair(root: str | Path, fold: int, num_folds: int = 4, val_videos: 
         log.warning("%d Colo-Pair video(s) kept with an empty report: %s", len(problems), "; ".join(problems))
 
     test_videos = set(colo_pair_fold_videos(videos, fold, num_folds))
-    items = {v: [ReIDItem(path, pid, camid, v) for camid, paths in scanned[v].items() for path in paths]
-             for pid, v in enumerate(videos)}
+    items = {
+        v: [ReIDItem(path, pid, camid, v) for camid, paths in scanned[v].items() for path in paths]
+        for pid, v in enumerate(videos)
+    }
     train_items = [it for v in videos if v not in test_videos for it in items[v]]
     test_items = [it for v in videos if v in test_videos for it in items[v]]
-    train_items, val_query, val_gallery = carve_validation(train_items, val_videos, [seed, fold],
-                                                           what=f"the {len(videos) - len(test_videos)} training videos")
-    split = ReIDSplit(train=relabel_train(train_items),
-                      query=[it for it in test_items if it.camid == 0],
-                      gallery=[it for it in test_items if it.camid == 1],
-                      val_query=val_query, val_gallery=val_gallery,
-                      name=f"Colo-Pair {root.name} fold {fold}/{num_folds}")
+    train_items, val_query, val_gallery = carve_validation(
+        train_items, val_videos, [seed, fold], what=f"the {len(videos) - len(test_videos)} training videos"
+    )
+    split = ReIDSplit(
+        train=relabel_train(train_items),
+        query=[it for it in test_items if it.camid == 0],
+        gallery=[it for it in test_items if it.camid == 1],
+        val_query=val_query,
+        val_gallery=val_gallery,
+        name=f"Colo-Pair {root.name} fold {fold}/{num_folds}",
+    )
     return split.check(), reports

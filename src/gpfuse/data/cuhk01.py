@@ -4,6 +4,7 @@ Images 001-002 are camera A (camid 0), 003-004 camera B (camid 1), as in torchre
 identity splits, 485 training / 486 test identities; queries are the camera-A images of the test
 identities, the gallery their camera-B images. Research use only: never copy the images anywhere.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,7 @@ import numpy as np
 from gpfuse.data.images import IMAGE_SUFFIXES
 from gpfuse.data.reid import ReIDItem, ReIDSplit, carve_validation, relabel_train
 
-__all__ = ["CUHK01_NUM_SPLITS", "parse_cuhk01_name", "list_cuhk01", "load_cuhk01"]
+__all__ = ["CUHK01_NUM_SPLITS", "list_cuhk01", "load_cuhk01", "parse_cuhk01_name"]
 
 CUHK01_NUM_SPLITS = 10
 _NAME = re.compile(r"^(\d{4})(\d{3})\.png$", re.IGNORECASE)
@@ -38,8 +39,9 @@ def list_cuhk01(root: str | Path) -> list[ReIDItem]:
     if not campus.is_dir():
         raise FileNotFoundError(f"CUHK01 folder not found: {root / 'campus'}")
     items = []
-    for path in sorted(p for p in campus.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(
+        p for p in campus.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ):
         try:
             pid, camid = parse_cuhk01_name(path.name)
         except ValueError as err:
@@ -50,8 +52,9 @@ def list_cuhk01(root: str | Path) -> list[ReIDItem]:
     return items
 
 
-def load_cuhk01(root: str | Path, split_index: int, num_train_ids: int = 485, val_ids: int = 50,
-                seed: int = 0) -> ReIDSplit:
+def load_cuhk01(
+    root: str | Path, split_index: int, num_train_ids: int = 485, val_ids: int = 50, seed: int = 0
+) -> ReIDSplit:
     """One of the 10 random CUHK01 identity splits.
 
     Args:
@@ -67,13 +70,21 @@ def load_cuhk01(root: str | Path, split_index: int, num_train_ids: int = 485, va
     items = list_cuhk01(root)
     pids = np.array(sorted({it.pid for it in items}))
     if not 1 <= num_train_ids < len(pids):
-        raise ValueError(f"num_train_ids must be in [1, {len(pids) - 1}] for {len(pids)} identities, "
-                         f"got {num_train_ids}")
+        raise ValueError(
+            f"num_train_ids must be in [1, {len(pids) - 1}] for {len(pids)} identities, got {num_train_ids}"
+        )
     rng = np.random.default_rng([seed, split_index])
     train_pids = set(rng.permutation(pids)[:num_train_ids].tolist())
     train = [it for it in items if it.pid in train_pids]
     test = [it for it in items if it.pid not in train_pids]
-    train, val_query, val_gallery = carve_validation(train, val_ids, [seed, split_index, 1],
-                                                     what=f"the {num_train_ids} CUHK01 training identities")
-    return ReIDSplit(relabel_train(train), [it for it in test if it.camid == 0], [it for it in test if it.camid == 1],
-                     val_query, val_gallery, name=f"CUHK01 split {split_index}").check()
+    train, val_query, val_gallery = carve_validation(
+        train, val_ids, [seed, split_index, 1], what=f"the {num_train_ids} CUHK01 training identities"
+    )
+    return ReIDSplit(
+        relabel_train(train),
+        [it for it in test if it.camid == 0],
+        [it for it in test if it.camid == 1],
+        val_query,
+        val_gallery,
+        name=f"CUHK01 split {split_index}",
+    ).check()

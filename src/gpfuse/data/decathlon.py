@@ -7,18 +7,23 @@ classes are named, then raised or skipped with a count (``on_bad_file``). Valida
 carved from the training list with a seeded shuffle (:func:`carve_cases`), since the public sets hide
 their test labels.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 
 from gpfuse.data.decoded_files import DecodedFiles
 
-__all__ = ["VolumeCase", "read_decathlon", "check_cases", "carve_cases"]
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+
+__all__ = ["VolumeCase", "carve_cases", "check_cases", "read_decathlon"]
 
 log = logging.getLogger(__name__)
 _SHOW = 5
@@ -69,7 +74,7 @@ def _decode(path: str, known: DecodedFiles) -> str | None:
     if known.contains(path):
         return None
     try:
-        np.asarray(nib.load(path).dataobj)
+        np.asarray(cast("SpatialImage", nib.load(path)).dataobj)  # a NIfTI file: a spatial image
     except Exception as err:  # nibabel, gzip and zlib raise several types for a damaged file
         return f"{path}: unreadable NIfTI ({type(err).__name__}: {err})"
     known.add(path)
@@ -88,7 +93,7 @@ def _problem(case: VolumeCase, num_classes: int, known: DecodedFiles) -> str | N
             return reason
     if case.label is None:
         return None
-    image, label = nib.load(case.image), nib.load(case.label)
+    image, label = cast("SpatialImage", nib.load(case.image)), cast("SpatialImage", nib.load(case.label))
     if image.shape[:3] != label.shape[:3]:
         return f"{case.label}: label shape {label.shape[:3]} differs from its image's {image.shape[:3]} ({case.image})"
     if not np.allclose(image.affine, label.affine, atol=1e-3):
@@ -100,8 +105,9 @@ def _problem(case: VolumeCase, num_classes: int, known: DecodedFiles) -> str | N
     return None
 
 
-def check_cases(cases: Sequence[VolumeCase], num_classes: int, on_bad_file: str = "raise",
-                what: str = "data") -> tuple[list[VolumeCase], int]:
+def check_cases(
+    cases: Sequence[VolumeCase], num_classes: int, on_bad_file: str = "raise", what: str = "data"
+) -> tuple[list[VolumeCase], int]:
     """The usable cases and how many were skipped; ``on_bad_file="raise"`` raises ValueError (FileNotFoundError
     when every problem is a missing file) naming every bad case instead."""
     if on_bad_file not in ("raise", "skip"):
@@ -130,7 +136,7 @@ def carve_cases(cases: Sequence[VolumeCase], counts: Sequence[int], seed: int) -
     order = np.random.default_rng(seed).permutation(len(cases))
     parts, start = [], 0
     for c in counts:
-        parts.append(sorted(order[start:start + c].tolist()))
+        parts.append(sorted(order[start : start + c].tolist()))
         start += c
     rest = sorted(order[start:].tolist())
     return [[cases[i] for i in part] for part in (rest, *parts)]

@@ -3,6 +3,7 @@ use and not again: a truncated JPEG or ``.nii.gz`` passes a header check (PIL's 
 header read) and fails mid-training, so the checks decode the pixels; the names of the files that decoded are
 kept with their size and modification time in ``<cache>/decoded_files.json`` (:func:`default_cache_dir`), and
 a file that changed is decoded again."""
+
 from __future__ import annotations
 
 import json

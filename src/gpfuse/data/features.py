@@ -3,17 +3,19 @@
 Every sentiment data layout (the shared CMU-MOSI folder, MMSA and MulT pickles) is read into one
 :class:`SplitFeatures` per split, so datasets, models and tasks never see a file layout.
 """
+
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["SPLITS", "SplitFeatures", "check_labels", "clean_nonfinite", "save_features_npz", "load_features_npz"]
+__all__ = ["SPLITS", "SplitFeatures", "check_labels", "clean_nonfinite", "load_features_npz", "save_features_npz"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ class SplitFeatures:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, index: np.ndarray) -> "SplitFeatures":
+    def subset(self, index: np.ndarray) -> SplitFeatures:
         """The rows ``index`` (ints or a boolean mask) of every array."""
         return SplitFeatures(
             ids=self.ids[index],
@@ -82,8 +84,10 @@ def check_labels(labels: np.ndarray, ids: np.ndarray | None, where: str) -> np.n
     bad = np.flatnonzero(~np.isfinite(labels))
     if bad.size:
         named = [str(ids[i]) for i in bad[:3]] if ids is not None else [f"row {i}" for i in bad[:3]]
-        raise ValueError(f"{where}: {bad.size} label(s) are NaN or inf (e.g. {', '.join(named)}); a label is "
-                         "never replaced by a value: fix or remove those rows")
+        raise ValueError(
+            f"{where}: {bad.size} label(s) are NaN or inf (e.g. {', '.join(named)}); a label is "
+            "never replaced by a value: fix or remove those rows"
+        )
     return labels
 
 
@@ -110,7 +114,7 @@ def save_features_npz(splits: dict[str, SplitFeatures], path: str | Path) -> Pat
             arrays[f"{split}/features/{name}"] = x
             arrays[f"{split}/masks/{name}"] = sf.masks[name]
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **cast(dict[str, Any], arrays))  # numpy's stub matches **arrays against allow_pickle: bool
     return path
 
 
@@ -130,8 +134,10 @@ def load_features_npz(path: str | Path) -> dict[str, SplitFeatures]:
             try:
                 grouped.setdefault(split, {})[rest] = data[key]
             except ValueError as err:  # an object array: refused without pickle
-                raise ValueError(f"{path}: array {key!r} cannot be read without pickle ({err}); gpfuse reads plain "
-                                 "numeric and string arrays only") from None
+                raise ValueError(
+                    f"{path}: array {key!r} cannot be read without pickle ({err}); gpfuse reads plain "
+                    "numeric and string arrays only"
+                ) from None
     splits = {}
     for split, items in grouped.items():
         missing = {"ids", "labels"} - items.keys()

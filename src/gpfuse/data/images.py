@@ -1,4 +1,5 @@
 """Reading images: the suffixes gpfuse accepts, ImageNet statistics, and decoding that names the file."""
+
 from __future__ import annotations
 
 import struct
@@ -8,13 +9,12 @@ from PIL import Image
 
 from gpfuse.data.decoded_files import DecodedFiles
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "read_image", "check_image"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_SUFFIXES", "check_image", "read_image"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
-                  Image.DecompressionBombError)
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
 
 
 def read_image(path: str | Path) -> Image.Image:

@@ -5,6 +5,7 @@ camid is the camera number minus 1. pid -1 (junk) is ignored everywhere and pid 
 in the gallery only. Same-pid same-camera gallery images are removed by the evaluation, not here.
 There is no report text: models run image-only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,7 @@ from pathlib import Path
 from gpfuse.data.images import IMAGE_SUFFIXES
 from gpfuse.data.reid import ReIDItem, ReIDSplit, carve_validation, relabel_train
 
-__all__ = ["MARKET_FOLDERS", "parse_market_name", "load_market1501"]
+__all__ = ["MARKET_FOLDERS", "load_market1501", "parse_market_name"]
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,17 @@ def _read_folder(folder: Path, keep_distractors: bool, strict: bool) -> list[ReI
     if not folder.is_dir():
         raise FileNotFoundError(f"Market-1501 folder not found: {folder}")
     items, bad = [], []
-    for path in sorted(p for p in folder.iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES):
+    for path in sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    ):
         try:
             pid, camid = parse_market_name(path.name)
         except ValueError:
             if strict:
-                raise ValueError(f"{path}: not a Market-1501 name <pid>_c<camera>... "
-                                 f"(e.g. 0002_c1s1_000451_03.jpg); strict=False skips it") from None
+                raise ValueError(
+                    f"{path}: not a Market-1501 name <pid>_c<camera>... "
+                    f"(e.g. 0002_c1s1_000451_03.jpg); strict=False skips it"
+                ) from None
             bad.append(path.name)
             continue
         if pid == -1 or (pid == 0 and not keep_distractors):
@@ -66,5 +70,6 @@ def load_market1501(root: str | Path, strict: bool = True, val_ids: int = 0, see
     query = _read_folder(root / MARKET_FOLDERS["query"], False, strict)
     gallery = _read_folder(root / MARKET_FOLDERS["gallery"], True, strict)
     train, val_query, val_gallery = carve_validation(train, val_ids, seed, what=f"{root / MARKET_FOLDERS['train']}")
-    return ReIDSplit(relabel_train(train), query, gallery, val_query, val_gallery,
-                     name=f"Market-1501 {root.name}").check()
+    return ReIDSplit(
+        relabel_train(train), query, gallery, val_query, val_gallery, name=f"Market-1501 {root.name}"
+    ).check()

@@ -4,12 +4,13 @@ See ``shared/data/README.md`` section 3 and 8. Splits are the CMU-MultimodalSDK 
 (1284 train / 229 valid / 686 test segments). Audio is one 73-d openSMILE vector per segment, given to
 models as a length-1 sequence; text is the raw transcript (a task turns it into token states).
 """
+
 from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -80,9 +81,12 @@ def load_mosi_folder(root: str | Path, modalities: Sequence[str] = ("text", "aud
     if not rows:
         raise ValueError(f"{labels_path}: no rows")
     videos = np.array([r["video_id"] for r in rows])
-    segments = np.array([_parse(labels_path, i, "segment_index", r["segment_index"], int) for i, r in enumerate(rows, 2)])
-    labels = np.array([_parse(labels_path, i, "sentiment", r["sentiment"], float) for i, r in enumerate(rows, 2)],
-                      dtype=np.float32)
+    segments = np.array(
+        [_parse(labels_path, i, "segment_index", r["segment_index"], int) for i, r in enumerate(rows, 2)]
+    )
+    labels = np.array(
+        [_parse(labels_path, i, "sentiment", r["sentiment"], float) for i, r in enumerate(rows, 2)], dtype=np.float32
+    )
     splits = np.array([r["standard_split"] for r in rows])
     bad = sorted(set(splits) - set(SPLITS))
     if bad:
@@ -107,7 +111,11 @@ def load_mosi_folder(root: str | Path, modalities: Sequence[str] = ("text", "aud
         texts = np.array([transcripts.get(k, ("", ""))[1] for k in keys])
         keep = texts != ""
         if not keep.all():
-            log.warning("%s: %d segment(s) without a transcript dropped: %s", transcripts_path, (~keep).sum(),
-                        ", ".join(ids[~keep]))
+            log.warning(
+                "%s: %d segment(s) without a transcript dropped: %s",
+                transcripts_path,
+                (~keep).sum(),
+                ", ".join(ids[~keep]),
+            )
     everything = SplitFeatures(ids, labels, features, masks, texts)
     return {s: everything.subset(keep & (splits == s)) for s in SPLITS}

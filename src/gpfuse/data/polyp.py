@@ -11,13 +11,15 @@ checked once (:func:`check_items`): a missing mask, an unreadable file or a mask
 image is named and raises, or is skipped with a count (``on_bad_file``); a mask with values other than
 0/255 is binarised with a warning that counts them, raised, or skipped (``nonbinary_mask``).
 """
+
 from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,8 +29,19 @@ from torch.utils.data import Dataset
 from gpfuse.data.decoded_files import DecodedFiles
 from gpfuse.data.images import IMAGE_SUFFIXES, check_image, read_image
 
-__all__ = ["SegItem", "SegSplit", "list_folder", "read_mask", "check_items", "hold_out", "make_split",
-           "PolypDataset", "seg_collate", "IMAGE_DIRS", "MASK_DIRS"]
+__all__ = [
+    "IMAGE_DIRS",
+    "MASK_DIRS",
+    "PolypDataset",
+    "SegItem",
+    "SegSplit",
+    "check_items",
+    "hold_out",
+    "list_folder",
+    "make_split",
+    "read_mask",
+    "seg_collate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +78,9 @@ def _subfolder(root: Path, names: Sequence[str]) -> Path | None:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def _groups(root: Path, column: str) -> dict[str, str]:
@@ -101,8 +115,10 @@ def list_folder(root: str | Path, masks: bool = True, group_column: str = "video
     if orphans:
         log.warning("%s: %d masks without an image ignored: %s", mask_dir, len(orphans), orphans[:_SHOW])
     groups = _groups(root, group_column)
-    return [SegItem(str(p), str(by_stem[p.stem]) if p.stem in by_stem else None, p.stem, groups.get(p.stem, ""))
-            for p in files]
+    return [
+        SegItem(str(p), str(by_stem[p.stem]) if p.stem in by_stem else None, p.stem, groups.get(p.stem, ""))
+        for p in files
+    ]
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -125,8 +141,10 @@ def _problem(item: SegItem, known: DecodedFiles) -> tuple[str | None, bool]:
     with Image.open(item.mask) as img:
         values = np.asarray(img.convert("L"))
     if values.shape[::-1] != image_size:
-        return (f"{item.mask}: mask size {values.shape[1]}x{values.shape[0]} differs from its image's "
-                f"{image_size[0]}x{image_size[1]} ({item.image})"), False
+        return (
+            f"{item.mask}: mask size {values.shape[1]}x{values.shape[0]} differs from its image's "
+            f"{image_size[0]}x{image_size[1]} ({item.image})"
+        ), False
     top = 1 if values.max(initial=0) <= 1 else 255
     return None, bool(np.any((values != 0) & (values != top)))
 
@@ -136,8 +154,9 @@ def _listing(lines: list[str]) -> str:
     return "\n  " + "\n  ".join(lines[:_SHOW]) + more
 
 
-def check_items(items: Sequence[SegItem], on_bad_file: str = "raise", nonbinary_mask: str = "binarize",
-                what: str = "data") -> tuple[list[SegItem], dict[str, int]]:
+def check_items(
+    items: Sequence[SegItem], on_bad_file: str = "raise", nonbinary_mask: str = "binarize", what: str = "data"
+) -> tuple[list[SegItem], dict[str, int]]:
     """Check every image/mask pair once (decoding the pixels: see :func:`check_image`); returns the usable items
     and counts ``{"skipped", "binarized"}``.
 
@@ -146,8 +165,10 @@ def check_items(items: Sequence[SegItem], on_bad_file: str = "raise", nonbinary_
         nonbinary_mask: ``"binarize"`` (threshold at 128, warn with a count), ``"raise"`` or ``"skip"``.
     """
     if on_bad_file not in ("raise", "skip") or nonbinary_mask not in ("binarize", "raise", "skip"):
-        raise ValueError(f"on_bad_file must be 'raise' or 'skip' and nonbinary_mask 'binarize', 'raise' or "
-                         f"'skip', got {on_bad_file!r}, {nonbinary_mask!r}")
+        raise ValueError(
+            f"on_bad_file must be 'raise' or 'skip' and nonbinary_mask 'binarize', 'raise' or "
+            f"'skip', got {on_bad_file!r}, {nonbinary_mask!r}"
+        )
     kept, bad, nonbinary = [], [], []
     with DecodedFiles() as known:
         problems = [_problem(item, known) for item in items]
@@ -158,28 +179,33 @@ def check_items(items: Sequence[SegItem], on_bad_file: str = "raise", nonbinary_
             nonbinary.append(f"{item.mask}: mask values other than 0 and 255")
         else:
             kept.append(item)
-            if soft:
+            if soft and item.mask is not None:  # soft: a mask was read
                 nonbinary.append(item.mask)
     if bad and on_bad_file == "raise":
-        raise ValueError(f"{what}: {len(bad)} unusable image/mask pairs (data.on_bad_file=skip skips them):"
-                         + _listing(bad))
+        raise ValueError(
+            f"{what}: {len(bad)} unusable image/mask pairs (data.on_bad_file=skip skips them):" + _listing(bad)
+        )
     if nonbinary and nonbinary_mask == "raise":
-        raise ValueError(f"{what}: {len(nonbinary)} non-binary masks (data.nonbinary_mask=binarize thresholds "
-                         "them at 128):" + _listing(nonbinary))
+        raise ValueError(
+            f"{what}: {len(nonbinary)} non-binary masks (data.nonbinary_mask=binarize thresholds "
+            "them at 128):" + _listing(nonbinary)
+        )
     if bad:
         log.warning("%s: skipped %d unusable pairs:%s", what, len(bad), _listing(bad))
     if nonbinary:
         action = "skipped" if nonbinary_mask == "skip" else "binarised at 128"
-        log.warning("%s: %d masks with values other than 0/255 %s:%s", what, len(nonbinary), action,
-                    _listing(nonbinary))
+        log.warning(
+            "%s: %d masks with values other than 0/255 %s:%s", what, len(nonbinary), action, _listing(nonbinary)
+        )
     skipped = len(bad) + (len(nonbinary) if nonbinary_mask == "skip" else 0)
     if not kept:
         raise ValueError(f"{what}: no usable image/mask pair left")
     return kept, {"skipped": skipped, "binarized": len(nonbinary) if nonbinary_mask == "binarize" else 0}
 
 
-def hold_out(items: Sequence[SegItem], fraction: float, seed: int | Sequence[int], by_group: bool,
-             what: str = "data") -> tuple[list[SegItem], list[SegItem]]:
+def hold_out(
+    items: Sequence[SegItem], fraction: float, seed: int | Sequence[int], by_group: bool, what: str = "data"
+) -> tuple[list[SegItem], list[SegItem]]:
     """Split ``items`` into (rest, held-out ``fraction``), seeded; with ``by_group`` whole groups move, so
     no group is on both sides (``round(fraction * groups)`` groups, at least one)."""
     if not 0 < fraction < 1:
@@ -188,12 +214,14 @@ def hold_out(items: Sequence[SegItem], fraction: float, seed: int | Sequence[int
     if by_group:
         groups = sorted({it.group for it in items})
         if "" in groups:
-            raise ValueError(f"{what}: a grouped split needs a group for every image (index.csv); "
-                             f"{sum(not it.group for it in items)} images have none")
-        chosen = set(rng.permutation(groups)[:max(1, round(fraction * len(groups)))].tolist())
+            raise ValueError(
+                f"{what}: a grouped split needs a group for every image (index.csv); "
+                f"{sum(not it.group for it in items)} images have none"
+            )
+        chosen = set(rng.permutation(groups)[: max(1, round(fraction * len(groups)))].tolist())
         held = [it for it in items if it.group in chosen]
     else:
-        order = rng.permutation(len(items))[:max(1, round(fraction * len(items)))]
+        order = rng.permutation(len(items))[: max(1, round(fraction * len(items)))]
         held = [items[i] for i in sorted(order)]
     names = {it.image for it in held}
     rest = [it for it in items if it.image not in names]
@@ -202,8 +230,15 @@ def hold_out(items: Sequence[SegItem], fraction: float, seed: int | Sequence[int
     return rest, held
 
 
-def make_split(train: Sequence[SegItem], val: Sequence[SegItem], test: dict[str, list[SegItem]], split: str,
-               test_fraction: float, val_fraction: float, seed: int) -> SegSplit:
+def make_split(
+    train: Sequence[SegItem],
+    val: Sequence[SegItem],
+    test: dict[str, list[SegItem]],
+    split: str,
+    test_fraction: float,
+    val_fraction: float,
+    seed: int,
+) -> SegSplit:
     """The run's split: ``"given"`` keeps the test folders; ``"random"`` (the EA-DK paper's 80/20) and
     ``"group"`` (whole groups, e.g. CVC-ClinicDB videos) hold ``test_fraction`` of the training folders out
     as the test set ``"held_out"``. Validation (model selection) is the given ``val`` items, else
@@ -252,9 +287,13 @@ class PolypDataset(Dataset):
 
 def seg_collate(items: list[dict]) -> dict:
     """Stack images and masks; names, original sizes and full-size masks stay lists (sizes may differ)."""
-    batch = {"image": torch.stack([it["image"] for it in items]), "mask": torch.stack([it["mask"] for it in items]),
-             "index": torch.stack([it["index"] for it in items]), "name": [it["name"] for it in items],
-             "size": [it["size"] for it in items]}
+    batch = {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "index": torch.stack([it["index"] for it in items]),
+        "name": [it["name"] for it in items],
+        "size": [it["size"] for it in items],
+    }
     if "mask_full" in items[0]:
         batch["mask_full"] = [it["mask_full"] for it in items]
     return batch

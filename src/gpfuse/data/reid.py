@@ -5,13 +5,14 @@ return a :class:`ReIDSplit` of :class:`ReIDItem` lists, like torchreid's ``(img_
 Transforms use PIL, numpy and torch only (no torchvision); their random draws come from a given
 ``torch.Generator`` or from torch's global RNG, so Lightning's seeding (and worker seeding) applies.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,11 +22,17 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from gpfuse.data.decoded_files import DecodedFiles
 from gpfuse.data.images import IMAGENET_MEAN, IMAGENET_STD, check_image, read_image
 
-__all__ = ["ReIDItem", "ReIDSplit", "relabel_train", "carve_validation", "ImageTransform", "ReIDImageDataset",
-           "RandomIdentitySampler"]
+__all__ = [
+    "ImageTransform",
+    "RandomIdentitySampler",
+    "ReIDImageDataset",
+    "ReIDItem",
+    "ReIDSplit",
+    "carve_validation",
+    "relabel_train",
+]
 
 log = logging.getLogger(__name__)
-
 
 
 class ReIDItem(NamedTuple):
@@ -57,8 +64,10 @@ class ReIDSplit:
     def __post_init__(self) -> None:
         pids = sorted({it.pid for it in self.train})
         if pids != list(range(len(pids))):
-            raise ValueError(f"{self.name}: train pids must be relabelled 0..N-1 (use relabel_train), "
-                             f"got {pids[:5]}{'...' if len(pids) > 5 else ''}")
+            raise ValueError(
+                f"{self.name}: train pids must be relabelled 0..N-1 (use relabel_train), "
+                f"got {pids[:5]}{'...' if len(pids) > 5 else ''}"
+            )
 
     @property
     def num_train_pids(self) -> int:
@@ -68,7 +77,7 @@ class ReIDSplit:
     def has_val(self) -> bool:
         return bool(self.val_query or self.val_gallery)
 
-    def check(self) -> "ReIDSplit":
+    def check(self) -> ReIDSplit:
         """Raise ValueError naming the first empty split (validation only when it is used); return self."""
         names = ["train", "query", "gallery"] + (["val_query", "val_gallery"] if self.has_val else [])
         for name in names:
@@ -92,8 +101,9 @@ def relabel_train(items: Sequence[ReIDItem]) -> list[ReIDItem]:
     return [it._replace(pid=mapping[it.pid]) for it in items]
 
 
-def carve_validation(items: Sequence[ReIDItem], num_ids: int, seed: int | Sequence[int] = 0,
-                     what: str = "train") -> tuple[list[ReIDItem], list[ReIDItem], list[ReIDItem]]:
+def carve_validation(
+    items: Sequence[ReIDItem], num_ids: int, seed: int | Sequence[int] = 0, what: str = "train"
+) -> tuple[list[ReIDItem], list[ReIDItem], list[ReIDItem]]:
     """Move ``num_ids`` identities (seeded choice among those seen by >= 2 cameras) out of ``items``.
 
     Returns ``(rest, val_query, val_gallery)``: for each chosen identity the images of its lowest camid
@@ -108,8 +118,10 @@ def carve_validation(items: Sequence[ReIDItem], num_ids: int, seed: int | Sequen
         cams[it.pid].add(it.camid)
     eligible = sorted(pid for pid, c in cams.items() if len(c) >= 2)
     if num_ids >= len(cams) or num_ids > len(eligible):
-        raise ValueError(f"cannot carve {num_ids} validation identities from {what}: it has {len(cams)} "
-                         f"identities, {len(eligible)} of them seen by >= 2 cameras (at least one must stay)")
+        raise ValueError(
+            f"cannot carve {num_ids} validation identities from {what}: it has {len(cams)} "
+            f"identities, {len(eligible)} of them seen by >= 2 cameras (at least one must stay)"
+        )
     chosen = set(np.random.default_rng(seed).choice(eligible, size=num_ids, replace=False).tolist())
     first_cam = {pid: min(cams[pid]) for pid in chosen}
     rest = [it for it in items if it.pid not in chosen]
@@ -122,7 +134,7 @@ def _pair(size: int | Sequence[int], what: str) -> tuple[int, int]:
     pair = (size, size) if isinstance(size, int) else tuple(size)
     if len(pair) != 2 or not all(isinstance(s, int) and s > 0 for s in pair):
         raise ValueError(f"{what} must be a positive int or (H, W), got {size!r}")
-    return pair  # type: ignore[return-value]
+    return pair
 
 
 class ImageTransform:
@@ -139,9 +151,16 @@ class ImageTransform:
         size: (H, W) or one int; 224 x 224 for Colo-Pair (official), e.g. (256, 128) for people.
     """
 
-    def __init__(self, size: int | Sequence[int] = (224, 224), train: bool = False, pad: int = 10,
-                 flip_p: float = 0.5, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        size: int | Sequence[int] = (224, 224),
+        train: bool = False,
+        pad: int = 10,
+        flip_p: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.size = _pair(size, "size")
         if pad < 0:
             raise ValueError(f"pad must be >= 0, got {pad}")
@@ -168,7 +187,7 @@ class ImageTransform:
             top, left = torch.randint(0, 2 * self.pad + 1, (2,), generator=g).tolist()
             flip = torch.rand((), generator=g).item() < self.flip_p
             if self.pad:
-                x = torch.nn.functional.pad(x, (self.pad,) * 4, value=0.0)[:, top:top + h, left:left + w]
+                x = torch.nn.functional.pad(x, (self.pad,) * 4, value=0.0)[:, top : top + h, left : left + w]
             if flip:
                 x = x.flip(-1)
         return (x - self.mean) / self.std
@@ -183,8 +202,13 @@ class ReIDImageDataset(Dataset):
     ``index`` and :attr:`pids` refer to the kept items, so give ``dataset.pids`` to the sampler.
     """
 
-    def __init__(self, items: Sequence[ReIDItem], transform: Callable[[Image.Image], torch.Tensor] | None = None,
-                 reports: dict[str, str] | None = None, on_error: str = "raise") -> None:
+    def __init__(
+        self,
+        items: Sequence[ReIDItem],
+        transform: Callable[[Image.Image], torch.Tensor] | None = None,
+        reports: dict[str, str] | None = None,
+        on_error: str = "raise",
+    ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be one of ['raise', 'skip'], got {on_error!r}")
         self.transform = transform if transform is not None else ImageTransform()
@@ -218,9 +242,13 @@ class ReIDImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         it = self.items[index]
-        out = {"image": self.transform(read_image(it.path)), "pid": torch.tensor(it.pid, dtype=torch.long),
-               "camid": torch.tensor(it.camid, dtype=torch.long), "index": torch.tensor(index, dtype=torch.long),
-               "group": it.group}
+        out = {
+            "image": self.transform(read_image(it.path)),
+            "pid": torch.tensor(it.pid, dtype=torch.long),
+            "camid": torch.tensor(it.camid, dtype=torch.long),
+            "index": torch.tensor(index, dtype=torch.long),
+            "group": it.group,
+        }
         if self.reports is not None:
             out["report"] = self.reports[index]
         return out
@@ -242,15 +270,24 @@ class RandomIdentitySampler(DistributedSampler):
     would split each identity's K images over the processes); none of that class's logic is used.
     """
 
-    def __init__(self, pids: Sequence[int], batch_size: int, num_instances: int, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        pids: Sequence[int],
+        batch_size: int,
+        num_instances: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
         Sampler.__init__(self)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank must lie in [0, num_replicas={num_replicas}), got {rank}")
         self.num_replicas, self.rank = num_replicas, rank
         if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
-            raise ValueError(f"batch_size must be a positive multiple of num_instances, got batch_size={batch_size}, "
-                             f"num_instances={num_instances}")
+            raise ValueError(
+                f"batch_size must be a positive multiple of num_instances, got batch_size={batch_size}, "
+                f"num_instances={num_instances}"
+            )
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.batch_size, self.num_instances, self.seed = batch_size, num_instances, seed
@@ -261,8 +298,10 @@ class RandomIdentitySampler(DistributedSampler):
         self._index = dict(sorted(index.items()))
         n = len(self._index)
         if n < max(2, self.num_pids_per_batch):
-            raise ValueError(f"RandomIdentitySampler needs at least max(2, batch_size // num_instances = "
-                             f"{self.num_pids_per_batch}) identities, got {n}")
+            raise ValueError(
+                f"RandomIdentitySampler needs at least max(2, batch_size // num_instances = "
+                f"{self.num_pids_per_batch}) identities, got {n}"
+            )
         self.epoch = 0
         self._cache: tuple[int, list[int]] | None = None
 
@@ -280,7 +319,7 @@ class RandomIdentitySampler(DistributedSampler):
         for pid, idxs in self._index.items():
             arr = np.asarray(idxs)
             arr = rng.choice(arr, size=k, replace=True) if len(arr) < k else rng.permutation(arr)
-            chunks[pid] = [arr[i * k:(i + 1) * k].tolist() for i in range(len(arr) // k)]
+            chunks[pid] = [arr[i * k : (i + 1) * k].tolist() for i in range(len(arr) // k)]
         available = list(self._index)
         out: list[int] = []
         while len(available) >= p:
@@ -298,8 +337,11 @@ class RandomIdentitySampler(DistributedSampler):
         if self.num_replicas == 1:
             return indices
         batches = len(indices) // b // self.num_replicas
-        return [i for k in range(batches) for i in indices[(k * self.num_replicas + self.rank) * b:
-                                                          (k * self.num_replicas + self.rank + 1) * b]]
+        return [
+            i
+            for k in range(batches)
+            for i in indices[(k * self.num_replicas + self.rank) * b : (k * self.num_replicas + self.rank + 1) * b]
+        ]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._mine())

@@ -4,6 +4,7 @@
 code. :func:`safe_load_pickle` resolves only the globals that numpy array reconstruction and built-in
 containers need; none of them can run arbitrary code.
 """
+
 from __future__ import annotations
 
 import pickle

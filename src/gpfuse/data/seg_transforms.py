@@ -5,10 +5,11 @@ Written with torch only: torchvision is not installable here, and MONAI's ``Rand
 ``RandomState`` of its own per transform, which DataLoader workers would copy and repeat. Random draws come
 from a given ``torch.Generator`` or torch's global RNG, which Lightning seeds per process and worker.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,16 +33,26 @@ class SegTransform:
         mean, std: normalisation on [0, 1] pixels (the encoder's own).
     """
 
-    def __init__(self, size: int | Sequence[int] = 352, train: bool = False, flip_p: float = 0.5,
-                 rotate: float = 15.0, scale: tuple[float, float] = (0.75, 1.25), jitter: float = 0.2,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self,
+        size: int | Sequence[int] = 352,
+        train: bool = False,
+        flip_p: float = 0.5,
+        rotate: float = 15.0,
+        scale: tuple[float, float] = (0.75, 1.25),
+        jitter: float = 0.2,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        generator: torch.Generator | None = None,
+    ) -> None:
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         if len(self.size) != 2 or min(self.size) < 1:
             raise ValueError(f"size must be a positive int or (H, W), got {size!r}")
         if not 0 <= flip_p <= 1 or rotate < 0 or not 0 < scale[0] <= scale[1] or not 0 <= jitter < 1:
-            raise ValueError(f"need 0 <= flip_p <= 1, rotate >= 0, 0 < scale[0] <= scale[1], 0 <= jitter < 1; got "
-                             f"flip_p={flip_p}, rotate={rotate}, scale={scale}, jitter={jitter}")
+            raise ValueError(
+                f"need 0 <= flip_p <= 1, rotate >= 0, 0 < scale[0] <= scale[1], 0 <= jitter < 1; got "
+                f"flip_p={flip_p}, rotate={rotate}, scale={scale}, jitter={jitter}"
+            )
         self.train, self.flip_p, self.rotate, self.scale, self.jitter = train, flip_p, rotate, tuple(scale), jitter
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
@@ -61,7 +72,7 @@ class SegTransform:
         # affine_grid maps output to input coordinates: the inverse of "rotate by angle, scale by s"
         c, n = math.cos(angle) / s, math.sin(angle) / s
         theta = torch.tensor([[c, n, 0.0], [-n, c, 0.0]]).unsqueeze(0)
-        grid = F.affine_grid(theta, (1, 1, *x.shape[-2:]), align_corners=False)
+        grid = F.affine_grid(theta, [1, 1, *x.shape[-2:]], align_corners=False)
         x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
         y = F.grid_sample(y[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
         return x, y

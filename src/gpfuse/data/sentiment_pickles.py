@@ -5,6 +5,7 @@ one :class:`~gpfuse.data.features.SplitFeatures` with modalities ``text``, ``aud
 Files are always read through the restricted unpickler (:func:`~gpfuse.data.safe_pickle.safe_load_pickle`)
 because a downloaded pickle is untrusted input; :func:`convert_feature_pickle` writes the safe npz form once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,13 +18,13 @@ from gpfuse.data.features import SPLITS, SplitFeatures, check_labels, clean_nonf
 from gpfuse.data.safe_pickle import safe_load_pickle
 
 __all__ = [
-    "SPLITS",
-    "MODALITIES",
     "LAYOUTS",
+    "MODALITIES",
+    "SPLITS",
+    "convert_feature_pickle",
+    "load_feature_pickle",
     "load_mmsa_pickle",
     "load_mult_pickle",
-    "load_feature_pickle",
-    "convert_feature_pickle",
 ]
 
 MODALITIES = ("text", "audio", "vision")
@@ -40,8 +41,10 @@ class _Split:
         self.items = items
         labels = self._numeric(label_key)
         if labels.ndim == 0 or labels.size != labels.shape[0]:
-            raise ValueError(f"{self.where}/{label_key}: expected one value per row, e.g. (N,) or (N, 1, 1), "
-                             f"got shape {labels.shape}")
+            raise ValueError(
+                f"{self.where}/{label_key}: expected one value per row, e.g. (N,) or (N, 1, 1), "
+                f"got shape {labels.shape}"
+            )
         self.n = labels.shape[0]
         self.label_key = label_key
         self.labels = check_labels(labels.reshape(-1), None, f"{self.where}/{label_key}")
@@ -62,8 +65,9 @@ class _Split:
 
     def _rows(self, arr: np.ndarray, key: str, ndims: Sequence[int]) -> np.ndarray:
         if arr.ndim not in ndims:
-            raise ValueError(f"{self.where}/{key}: expected {' or '.join(map(str, ndims))} dimensions, "
-                             f"got shape {arr.shape}")
+            raise ValueError(
+                f"{self.where}/{key}: expected {' or '.join(map(str, ndims))} dimensions, got shape {arr.shape}"
+            )
         if arr.shape[0] != self.n:
             raise ValueError(f"{self.where}/{key}: has {arr.shape[0]} rows but {self.label_key} has {self.n}")
         return arr
@@ -85,10 +89,7 @@ class _Split:
         """(N,) str; bytes are decoded as UTF-8 and the cells of 2-D rows joined with ``_``."""
         arr = self._rows(self._array(key), key, (1, 2))
         try:
-            if arr.ndim == 1:
-                out = [_to_str(v) for v in arr]
-            else:
-                out = ["_".join(_to_str(v) for v in row) for row in arr]
+            out = [_to_str(v) for v in arr] if arr.ndim == 1 else ["_".join(_to_str(v) for v in row) for row in arr]
         except UnicodeDecodeError as err:
             raise ValueError(f"{self.where}/{key}: bytes that are not UTF-8 ({err})") from err
         return np.asarray(out, dtype=str).reshape(self.n)
@@ -112,8 +113,10 @@ def _length_mask(sp: _Split, key: str, modality: str, seq_len: int) -> np.ndarra
     bad = np.flatnonzero(~finite | (lengths != raw) | (lengths < 0) | (lengths > seq_len))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{sp.where}/{key}: {modality} length {raw[i].item()} at index {i} is not an integer "
-                         f"in [0, {seq_len}] (the {modality} sequence length)")
+        raise ValueError(
+            f"{sp.where}/{key}: {modality} length {raw[i].item()} at index {i} is not an integer "
+            f"in [0, {seq_len}] (the {modality} sequence length)"
+        )
     return np.arange(seq_len)[None, :] < lengths[:, None]
 
 
@@ -144,8 +147,10 @@ def _parse_mmsa(path: Path, data: dict[str, Any], modalities: tuple[str, ...]) -
             if m == "text" and sp.has("text_bert"):
                 bert = sp.numeric_rows("text_bert", (3,))
                 if bert.shape[1] != 3 or bert.shape[2] != x.shape[1]:
-                    raise ValueError(f"{sp.where}/text_bert: expected (N, 3, {x.shape[1]}) (ids, mask, segments "
-                                     f"matching text), got {bert.shape}")
+                    raise ValueError(
+                        f"{sp.where}/text_bert: expected (N, 3, {x.shape[1]}) (ids, mask, segments "
+                        f"matching text), got {bert.shape}"
+                    )
                 masks[m] = bert[:, 1, :] != 0
             elif m != "text" and sp.has(f"{m}_lengths"):
                 masks[m] = _length_mask(sp, f"{m}_lengths", m, x.shape[1])
@@ -215,8 +220,10 @@ def load_feature_pickle(
         elif "labels" in keys:
             layout = "mult"
         else:
-            raise ValueError(f"{path}: cannot detect the layout: split 'train' has neither 'regression_labels' "
-                             f"(MMSA) nor 'labels' (MulT); keys found: {keys}")
+            raise ValueError(
+                f"{path}: cannot detect the layout: split 'train' has neither 'regression_labels' "
+                f"(MMSA) nor 'labels' (MulT); keys found: {keys}"
+            )
     parse = _parse_mmsa if layout == "mmsa" else _parse_mult
     return parse(path, data, mods)
 

@@ -4,6 +4,7 @@ They are written with plain ``pickle.dump`` of dicts of numpy arrays, like the r
 exercise the same restricted-unpickler path. Features are random inside each utterance and zero in the
 padding: MMSA pads on the right (with lengths), MulT on the left.
 """
+
 from __future__ import annotations
 
 import pickle

@@ -4,6 +4,7 @@ Each image is one made-up polyp on mucosa (the same drawing as the synthetic Col
 the polyp's outline at 0/255; consecutive images form "video sequences" (``index.csv``: ``id``,
 ``video_sequence``), so the grouped split can be exercised as on CVC-ClinicDB.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,15 +13,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gpfuse.data.synthetic_reid import polyp_scene, random_polyp
 from gpfuse.data.synthetic_marker import mark_generated
+from gpfuse.data.synthetic_reid import polyp_scene, random_polyp
 from gpfuse.utils.files import atomic_path
 
 __all__ = ["write_synthetic_polyp_folder"]
 
 
-def write_synthetic_polyp_folder(root: str | Path, n_images: int = 24, size: int = 64, per_sequence: int = 4,
-                                 seed: int = 0) -> Path:
+def write_synthetic_polyp_folder(
+    root: str | Path, n_images: int = 24, size: int = 64, per_sequence: int = 4, seed: int = 0
+) -> Path:
     """Write ``n_images`` JPEG images and PNG masks (0/255) of side ``size`` into ``root/{images,masks}``
     and ``root/index.csv`` (``per_sequence`` consecutive images share a video sequence); returns ``root``."""
     root = Path(root)

@@ -13,13 +13,15 @@ Every foreground class is one ellipsoid "organ" per case with its own intensity 
 (random centre and radii inside it), so organs never overlap and every case holds every class. Gaussian noise
 (sd 0.1) covers the whole image, whose background is 0 on average.
 """
+
 from __future__ import annotations
 
 import csv
 import gzip
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -28,7 +30,7 @@ from gpfuse.data.class_text import CONCEPTS, TITLE
 from gpfuse.data.synthetic_marker import mark_generated
 from gpfuse.utils.files import atomic_path, atomic_write_text
 
-__all__ = ["Organ", "ORGANS", "BACKGROUND", "write_synthetic_decathlon"]
+__all__ = ["BACKGROUND", "ORGANS", "Organ", "write_synthetic_decathlon"]
 
 _NOISE = 0.1
 
@@ -40,48 +42,62 @@ class Organ(NamedTuple):
     concepts: tuple[str, str, str, str, str]
 
 
-BACKGROUND = Organ("background", (
-    "No single shape; it is everything outside the ellipsoid organs.",
-    "Fills the rest of the volume around the organs.",
-    "Dark, with intensity about 0 plus Gaussian noise.",
-    "Has no contour of its own; its inner border is the surface of the organs.",
-    "Only noise, without structure.",
-))
+BACKGROUND = Organ(
+    "background",
+    (
+        "No single shape; it is everything outside the ellipsoid organs.",
+        "Fills the rest of the volume around the organs.",
+        "Dark, with intensity about 0 plus Gaussian noise.",
+        "Has no contour of its own; its inner border is the surface of the organs.",
+        "Only noise, without structure.",
+    ),
+)
 
 ORGANS = (
-    Organ("smooth organ", (
-        "An ellipsoid with random radii.",
-        "The organ nearest the start of the first image axis, before every other organ.",
-        "Bright, with intensity about 1, the brightest object in the image.",
-        "Smooth, sharp ellipsoidal outline, symmetric about its centre.",
-        "Homogeneous, with only the image noise.",
-    )),
-    Organ("striped organ", (
-        "An ellipsoid with random radii.",
-        "Follows the smooth organ along the first image axis.",
-        "Intermediate, with intensity about 0.5, between the background and the smooth organ.",
-        "Smooth, sharp ellipsoidal outline, symmetric about its centre.",
-        "Regular stripes across the last image axis: brighter and darker bands alternating every two voxels.",
-    )),
-    Organ("spotted organ", (
-        "An ellipsoid with random radii.",
-        "Follows the striped organ along the first image axis.",
-        "Darker than the background, with intensity about -0.5.",
-        "Smooth, sharp ellipsoidal outline, symmetric about its centre.",
-        "Scattered bright spots, about one voxel in ten, on a dark base.",
-    )),
-    Organ("ring organ", (
-        "An ellipsoid with random radii.",
-        "The organ nearest the end of the first image axis, after the spotted organ.",
-        "Bright rim of intensity about 0.8 around a dimmer core of about 0.2.",
-        "Sharp ellipsoidal outline emphasised by the bright rim, symmetric about its centre.",
-        "Two zones, a uniform bright shell around a uniform dim centre.",
-    )),
+    Organ(
+        "smooth organ",
+        (
+            "An ellipsoid with random radii.",
+            "The organ nearest the start of the first image axis, before every other organ.",
+            "Bright, with intensity about 1, the brightest object in the image.",
+            "Smooth, sharp ellipsoidal outline, symmetric about its centre.",
+            "Homogeneous, with only the image noise.",
+        ),
+    ),
+    Organ(
+        "striped organ",
+        (
+            "An ellipsoid with random radii.",
+            "Follows the smooth organ along the first image axis.",
+            "Intermediate, with intensity about 0.5, between the background and the smooth organ.",
+            "Smooth, sharp ellipsoidal outline, symmetric about its centre.",
+            "Regular stripes across the last image axis: brighter and darker bands alternating every two voxels.",
+        ),
+    ),
+    Organ(
+        "spotted organ",
+        (
+            "An ellipsoid with random radii.",
+            "Follows the striped organ along the first image axis.",
+            "Darker than the background, with intensity about -0.5.",
+            "Smooth, sharp ellipsoidal outline, symmetric about its centre.",
+            "Scattered bright spots, about one voxel in ten, on a dark base.",
+        ),
+    ),
+    Organ(
+        "ring organ",
+        (
+            "An ellipsoid with random radii.",
+            "The organ nearest the end of the first image axis, after the spotted organ.",
+            "Bright rim of intensity about 0.8 around a dimmer core of about 0.2.",
+            "Sharp ellipsoidal outline emphasised by the bright rim, symmetric about its centre.",
+            "Two zones, a uniform bright shell around a uniform dim centre.",
+        ),
+    ),
 )
 
 
-def _ellipsoid(rng: np.random.Generator, shape: Sequence[int], lo: float,
-               hi: float) -> tuple[np.ndarray, np.ndarray]:
+def _ellipsoid(rng: np.random.Generator, shape: Sequence[int], lo: float, hi: float) -> tuple[np.ndarray, np.ndarray]:
     """(mask, normalised radius r in [0, 1] inside the mask) of a random ellipsoid inside the slab
     ``lo <= x0 < hi`` of the first axis; the voxel nearest its centre always belongs to it."""
     width = [hi - lo, *shape[1:]]
@@ -115,9 +131,14 @@ def _save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
         tmp.write_bytes(gzip.compress(img.to_bytes(), mtime=0))
 
 
-def write_synthetic_decathlon(root: str | Path, n_cases: int = 8, shape: Sequence[int] = (32, 32, 32),
-                              num_classes: int = 3, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                              seed: int = 0) -> Path:
+def write_synthetic_decathlon(
+    root: str | Path,
+    n_cases: int = 8,
+    shape: Sequence[int] = (32, 32, 32),
+    num_classes: int = 3,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    seed: int = 0,
+) -> Path:
     """Write ``n_cases`` image/label volumes of ``shape`` (3 sizes) and voxel ``spacing`` (mm), with
     ``num_classes`` classes (background + up to 4 organs of :data:`ORGANS`), plus ``dataset.json`` and
     ``descriptions.csv`` into ``root``; every file is written atomically and the output depends only on the
@@ -130,11 +151,13 @@ def write_synthetic_decathlon(root: str | Path, n_cases: int = 8, shape: Sequenc
     if len(shape) != 3 or len(spacing) != 3:
         raise ValueError(f"shape and spacing need 3 values each, got {shape} and {spacing}")
     if min(shape) < 4 or shape[0] < 3 * (num_classes - 1):
-        raise ValueError(f"shape {shape} is too small for {num_classes - 1} organs (each side >= 4 and the first "
-                         f">= {3 * (num_classes - 1)})")
+        raise ValueError(
+            f"shape {shape} is too small for {num_classes - 1} organs (each side >= 4 and the first "
+            f">= {3 * (num_classes - 1)})"
+        )
     if min(spacing) <= 0 or n_cases < 1:
         raise ValueError(f"spacing must be positive and n_cases >= 1, got {spacing} and {n_cases}")
-    classes = (BACKGROUND, *ORGANS[:num_classes - 1])
+    classes = (BACKGROUND, *ORGANS[: num_classes - 1])
     affine = np.diag([*spacing, 1.0])
     rng = np.random.default_rng(seed)
     slabs = np.linspace(0.0, shape[0], num_classes)

@@ -9,20 +9,29 @@ patch sides are equal, and intensity scale/shift. MONAI gives each random transf
 own; :func:`draw_from_numpy_global` points them all at NumPy's global one, which the run's seed sets and a
 checkpoint saves and restores (MONAI's DataLoader still re-seeds them per worker process).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-__all__ = ["volume_transforms", "draw_from_numpy_global"]
+__all__ = ["draw_from_numpy_global", "volume_transforms"]
 
 
 LABELS = ("transformed", "original", "none")
 
 
-def volume_transforms(roi_size: Sequence[int], train: bool, label: str = "transformed",
-                      pixdim: Sequence[float] | None = None, intensity: str = "mr",
-                      ct_window: Sequence[float] = (-175.0, 250.0), crop_foreground: bool = True, samples: int = 2,
-                      flip_axes: Sequence[int] = (0, 1, 2), flip_prob: float = 0.1):
+def volume_transforms(
+    roi_size: Sequence[int],
+    train: bool,
+    label: str = "transformed",
+    pixdim: Sequence[float] | None = None,
+    intensity: str = "mr",
+    ct_window: Sequence[float] = (-175.0, 250.0),
+    crop_foreground: bool = True,
+    samples: int = 2,
+    flip_axes: Sequence[int] = (0, 1, 2),
+    flip_prob: float = 0.1,
+):
     """The ``monai.transforms.Compose`` for one split (``train`` or evaluation). Keys: ``image`` and ``label``.
 
     ``label``: ``transformed`` goes through the same spatial transforms as the image (training);
@@ -41,29 +50,45 @@ def volume_transforms(roi_size: Sequence[int], train: bool, label: str = "transf
     if label not in LABELS or (train and label != "transformed"):
         raise ValueError(f"label must be one of {list(LABELS)} ('transformed' for training), got {label!r}")
     keys = ["image", "label"] if label == "transformed" else ["image"]
-    modes = ("bilinear", "nearest")[:len(keys)]
+    modes = ("bilinear", "nearest")[: len(keys)]
     steps = [T.LoadImaged(["label"], image_only=True), T.EnsureChannelFirstd(["label"])] if label == "original" else []
-    steps += [T.LoadImaged(keys, image_only=True), T.EnsureChannelFirstd(keys),
-              T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))]
+    steps += [
+        T.LoadImaged(keys, image_only=True),
+        T.EnsureChannelFirstd(keys),
+        T.Orientationd(keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+    ]
     if pixdim is not None:
         steps.append(T.Spacingd(keys, pixdim=tuple(pixdim), mode=modes))
     if intensity == "ct":
-        steps.append(T.ScaleIntensityRanged("image", a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0,
-                                            clip=True))
+        steps.append(
+            T.ScaleIntensityRanged("image", a_min=ct_window[0], a_max=ct_window[1], b_min=0.0, b_max=1.0, clip=True)
+        )
     else:
         steps.append(T.NormalizeIntensityd("image", nonzero=True, channel_wise=True))
     if crop_foreground:
         steps.append(T.CropForegroundd(keys, source_key="image", allow_smaller=True))
     if train:
         roi = tuple(roi_size)
-        steps += [T.SpatialPadd(keys, spatial_size=roi),
-                  T.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=samples,
-                                           image_key="image", image_threshold=0),
-                  *[T.RandFlipd(keys, prob=flip_prob, spatial_axis=axis) for axis in flip_axes]]
+        steps += [
+            T.SpatialPadd(keys, spatial_size=roi),
+            T.RandCropByPosNegLabeld(
+                keys,
+                label_key="label",
+                spatial_size=roi,
+                pos=1,
+                neg=1,
+                num_samples=samples,
+                image_key="image",
+                image_threshold=0,
+            ),
+            *[T.RandFlipd(keys, prob=flip_prob, spatial_axis=axis) for axis in flip_axes],
+        ]
         planes = [(i, j) for i in flip_axes for j in flip_axes if i < j and roi[i] == roi[j]]
         steps += [T.RandRotate90d(keys, prob=flip_prob, max_k=3, spatial_axes=p) for p in planes]
-        steps += [T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
-                  T.RandShiftIntensityd("image", offsets=0.1, prob=0.5)]
+        steps += [
+            T.RandScaleIntensityd("image", factors=0.1, prob=0.5),
+            T.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+        ]
     steps.append(T.EnsureTyped(["image", "label"] if label != "none" else ["image"], track_meta=True))
     return T.Compose(steps)
 

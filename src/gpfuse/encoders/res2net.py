@@ -7,9 +7,10 @@ plain torch, with the parameter names of the official releases (github.com/Res2N
   PraNet, LDNet, EA-DK): ResNet-D tweaks (He et al., "Bag of Tricks", CVPR 2019), i.e. a deep 3x3 stem and an
   average-pool-then-1x1 downsample.
 
-Same interface as :mod:`gpfuse.encoders.image` (smp ``EncoderMixin``); ``fc`` is kept for strict loading and
+Same interface as :mod:`gpfuse.encoders.backbone` (smp ``EncoderMixin``); ``fc`` is kept for strict loading and
 ``forward_logits`` only. No ImageNet weights ship: pass a local state dict as ``weights=``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from gpfuse.encoders.image import ResNetStagesMixin, _init_conv_bn
+from gpfuse.encoders.backbone import ResNetStagesMixin, init_conv_bn
 
 __all__ = ["Bottle2neck", "Res2Net50Encoder", "Res2Net50V1bEncoder"]
 
@@ -34,8 +35,16 @@ class Bottle2neck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, base_width: int = 26, scale: int = 4,
-                 stage: bool = False, avg_down: bool = False) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        base_width: int = 26,
+        scale: int = 4,
+        stage: bool = False,
+        avg_down: bool = False,
+    ) -> None:
         super().__init__()
         if scale < 2:
             raise ValueError(f"scale must be >= 2, got {scale}")
@@ -44,8 +53,9 @@ class Bottle2neck(nn.Module):
         self.width = width
         self.conv1 = nn.Conv2d(inplanes, width * scale, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width * scale)
-        self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-                                   for _ in range(scale - 1))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False) for _ in range(scale - 1)
+        )
         self.bns = nn.ModuleList(nn.BatchNorm2d(width) for _ in range(scale - 1))
         self.pool = nn.AvgPool2d(3, stride=stride, padding=1) if stage else None
         self.conv3 = nn.Conv2d(width * scale, out, 1, bias=False)
@@ -53,10 +63,15 @@ class Bottle2neck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(
-                nn.AvgPool2d(stride, stride=stride, ceil_mode=True, count_include_pad=False),
-                nn.Conv2d(inplanes, out, 1, bias=False), nn.BatchNorm2d(out)) if avg_down else \
-                nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+            self.downsample = (
+                nn.Sequential(
+                    nn.AvgPool2d(stride, stride=stride, ceil_mode=True, count_include_pad=False),
+                    nn.Conv2d(inplanes, out, 1, bias=False),
+                    nn.BatchNorm2d(out),
+                )
+                if avg_down
+                else nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -85,31 +100,43 @@ class Res2Net50Encoder(ResNetStagesMixin, nn.Module):
     input_std = (0.229, 0.224, 0.225)
     deep_stem = False  # v1b: 3x3 stem (3 -> 32 -> 32 -> 64) and average-pool downsample
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1000, layers: tuple[int, ...] = (3, 4, 6, 3),
-                 base_width: int = 26, scale: int = 4) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        layers: tuple[int, ...] = (3, 4, 6, 3),
+        base_width: int = 26,
+        scale: int = 4,
+    ) -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if self.deep_stem:
             self.conv1: nn.Module = nn.Sequential(
-                nn.Conv2d(in_channels, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32),
-                nn.ReLU(inplace=True), nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32),
-                nn.ReLU(inplace=True), nn.Conv2d(32, 64, 3, padding=1, bias=False))
+                nn.Conv2d(in_channels, 32, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(32, 32, 3, padding=1, bias=False),
+                nn.BatchNorm2d(32),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            )
         else:
             self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self._stem_tail()
         inplanes = 64
         for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
-            stage = [Bottle2neck(inplanes, planes, 1 if i == 0 else 2, base_width, scale, stage=True,
-                                 avg_down=self.deep_stem)]
+            stage = [
+                Bottle2neck(
+                    inplanes, planes, 1 if i == 0 else 2, base_width, scale, stage=True, avg_down=self.deep_stem
+                )
+            ]
             inplanes = planes * Bottle2neck.expansion
             stage += [Bottle2neck(inplanes, planes, 1, base_width, scale) for _ in range(blocks - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.fc: nn.Linear | None = nn.Linear(512 * Bottle2neck.expansion, num_classes)
         self.out_channels = (in_channels, 64, 256, 512, 1024, 2048)
-        _init_conv_bn(self)
+        init_conv_bn(self)
 
 
 class Res2Net50V1bEncoder(Res2Net50Encoder):
@@ -125,9 +152,11 @@ class Res2Net50V1bEncoder(Res2Net50Encoder):
 
 
 def _not_shipped(name: str, release: str) -> Path:
-    raise FileNotFoundError(f"{name} ImageNet weights are not shipped with gpfuse (nothing is downloaded): give a "
-                            f"local path to a .pth/.pt or .safetensors state dict (the official {release}) "
-                            f"as weights=")
+    raise FileNotFoundError(
+        f"{name} ImageNet weights are not shipped with gpfuse (nothing is downloaded): give a "
+        f"local path to a .pth/.pt or .safetensors state dict (the official {release}) "
+        f"as weights="
+    )
 
 
 def res2net50_imagenet() -> Path:

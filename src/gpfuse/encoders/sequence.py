@@ -1,4 +1,5 @@
 """Encoders for pre-extracted feature sequences (audio, visual, text token states)."""
+
 from __future__ import annotations
 
 import math
@@ -6,11 +7,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SinusoidalPositionalEncoding", "SequenceProjection"]
+__all__ = ["SequenceProjection", "SinusoidalPositionalEncoding"]
 
 
 class SinusoidalPositionalEncoding(nn.Module):
     """Fixed sine/cosine positions (Vaswani et al. 2017, Sec. 3.5), added to a (B, L, D) sequence."""
+
+    pe: Tensor  # (max_len, dim) buffer, not saved
 
     def __init__(self, dim: int, max_len: int = 512) -> None:
         super().__init__()

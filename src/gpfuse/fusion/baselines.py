@@ -3,12 +3,13 @@
 All binary fusions in gpfuse share one call: ``fusion(a, b) -> fused`` with ``a`` (B, *, D) and ``b``
 (B, *, D) broadcastable, and ``return_gate=True`` to also get the gate (None for ungated blocks).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConcatFusion", "SumFusion", "FixedGateFusion"]
+__all__ = ["ConcatFusion", "FixedGateFusion", "SumFusion"]
 
 
 class ConcatFusion(nn.Module):

@@ -8,6 +8,7 @@ projected (text back to its own width) and added to its input. gpfuse's choice w
 both output projections start at zero, so a block starts as the identity and training starts from the
 encoders' own features.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -32,15 +33,25 @@ class BiFusionBlock(nn.Module):
     same shape and fused text (B, N, H).
     """
 
-    def __init__(self, dim: int, text_dim: int, depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048,
-                 downsample_rate: int = 2, dropout: float = 0.0, update_text: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        text_dim: int,
+        depth: int = 2,
+        num_heads: int = 8,
+        mlp_dim: int = 2048,
+        downsample_rate: int = 2,
+        dropout: float = 0.0,
+        update_text: bool = True,
+    ) -> None:
         super().__init__()
         self.text_in = nn.Linear(text_dim, dim)
-        self.blocks = nn.ModuleList(TwoWayAttention(dim, num_heads, mlp_dim, dropout, downsample_rate)
-                                    for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            TwoWayAttention(dim, num_heads, mlp_dim, dropout, downsample_rate) for _ in range(depth)
+        )
         self.text_out = nn.Linear(dim, text_dim) if update_text else None
         self.volume_out = nn.Linear(dim, dim)
-        for layer in (self.text_out, self.volume_out) if update_text else (self.volume_out,):
+        for layer in (self.volume_out,) if self.text_out is None else (self.text_out, self.volume_out):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

@@ -3,12 +3,13 @@
 Each takes ``(a, b)`` of shape (B, *, D) (broadcastable) and returns the fused (B, *, D) tensor, or
 ``(fused, gate)`` with ``return_gate=True`` so a task can log and plot what the gate chose.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ImageConditionedGate", "GatedFusionUnit", "GatedArbitration"]
+__all__ = ["GatedArbitration", "GatedFusionUnit", "ImageConditionedGate"]
 
 
 class ImageConditionedGate(nn.Module):

@@ -6,6 +6,7 @@ each mapped by a linear layer to an ``in`` and an ``out`` half; their ``in`` hal
 features; two gates ``g_d = sigmoid(LN(W_d (d_in * k_in)))`` and ``g_k = sigmoid(LN(W_k (d_in * k_in)))``
 weight the two ``out`` paths; the sum goes through ``Linear, LN, ReLU`` to give the new kernel.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,9 +1,10 @@
 """Masked pooling shared by the fusion stacks."""
+
 from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["masked_mean", "key_padding_mask"]
+__all__ = ["key_padding_mask", "masked_mean"]
 
 
 def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:

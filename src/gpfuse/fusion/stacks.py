@@ -1,15 +1,18 @@
 """How fusion steps are stacked: progressive (layer after layer) and recursive (modality after modality)."""
+
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from gpfuse.fusion.attention import SymmetricCrossAttention
-from gpfuse.fusion.pooling import masked_mean
+from gpfuse.fusion.layers import decoder_stack
+from gpfuse.fusion.pooling import key_padding_mask, masked_mean
 
-__all__ = ["ProgressiveFusion", "GRFBlock", "RecursiveFusion", "RecursiveFusionOutput", "AllPairsCrossAttention"]
+__all__ = ["AllPairsCrossAttention", "GRFBlock", "ProgressiveFusion", "RecursiveFusion", "RecursiveFusionOutput"]
 
 
 class ProgressiveFusion(nn.Module):
@@ -64,8 +67,9 @@ class GRFBlock(nn.Module):
         self.cross = cross
         self.gate = gate
 
-    def forward(self, state: Tensor, x: Tensor, state_mask: Tensor | None = None,
-                x_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, state: Tensor, x: Tensor, state_mask: Tensor | None = None, x_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         state, x = self.cross(state, x, state_mask, x_mask)
         return self.gate(masked_mean(state, state_mask), masked_mean(x, x_mask), return_gate=True)
 
@@ -122,7 +126,6 @@ class RecursiveFusion(nn.Module):
         return RecursiveFusionOutput(final, states, gates, present[1:])
 
 
-
 class AllPairsCrossAttention(nn.Module):
     """MulT-style baseline (Tsai et al. 2019): one cross-modal Transformer-decoder stack for every ordered
     pair (target reads source), so ``n (n - 1)`` stacks: parameters and compute grow quadratically in
@@ -131,18 +134,28 @@ class AllPairsCrossAttention(nn.Module):
     Shapes: ``inputs[m]`` (B, L_m, D), ``masks[m]`` (B, L_m) -> (B, D).
     """
 
-    def __init__(self, order: Sequence[str], dim: int, num_heads: int = 4, num_layers: int = 4,
-                 ffn_dim: int = 256, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        order: Sequence[str],
+        dim: int,
+        num_heads: int = 4,
+        num_layers: int = 4,
+        ffn_dim: int = 256,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if len(order) < 2 or len(set(order)) != len(order):
             raise ValueError(f"order must name at least 2 distinct modalities, got {list(order)}")
         self.order = list(order)
 
-        def stack() -> nn.TransformerDecoder:
-            layer = nn.TransformerDecoderLayer(dim, num_heads, ffn_dim, dropout, batch_first=True)
-            return nn.TransformerDecoder(layer, num_layers)
-
-        self.pairs = nn.ModuleDict({f"{t}<-{s}": stack() for t in self.order for s in self.order if s != t})
+        self.pairs = nn.ModuleDict(
+            {
+                f"{t}<-{s}": decoder_stack(dim, num_heads, num_layers, ffn_dim, dropout)
+                for t in self.order
+                for s in self.order
+                if s != t
+            }
+        )
         self.proj = nn.Linear(len(self.pairs) * dim, dim)
 
     def forward(self, inputs: dict[str, Tensor], masks: dict[str, Tensor] | None = None) -> Tensor:
@@ -150,7 +163,7 @@ class AllPairsCrossAttention(nn.Module):
         pooled = []
         for key, stack in self.pairs.items():
             t, s = key.split("<-")
-            pad_t, pad_s = (None if masks.get(m) is None else ~masks[m] for m in (t, s))
+            pad_t, pad_s = key_padding_mask(masks.get(t)), key_padding_mask(masks.get(s))
             out = stack(inputs[t], inputs[s], tgt_key_padding_mask=pad_t, memory_key_padding_mask=pad_s)
             pooled.append(masked_mean(out, masks.get(t)))
         return self.proj(torch.cat(pooled, dim=-1))

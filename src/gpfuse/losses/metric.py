@@ -1,4 +1,5 @@
 """Metric-learning losses for re-identification."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Input conversion shared by the metric modules."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -33,6 +33,7 @@ F-measure (Margolin et al., CVPR 2014) with beta^2 = 1 (toolbox ``original_WFb``
 pysodmetrics' ``beta=1`` is beta^2); an empty mask scores 0 (pysodmetrics; MATLAB gives NaN). ``MAE``:
 ``mean |s - G|``. All are means over images.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,7 +43,7 @@ from py_sod_metrics import MAE, DICEHandler, Emeasure, FmeasureV2, IOUHandler, S
 
 from gpfuse.metrics.arrays import as_numeric_array
 
-__all__ = ["PAPER_METRICS", "TOOLBOX_METRICS", "RECORD_SIZE", "PolypEvaluator", "polyp_scores"]
+__all__ = ["PAPER_METRICS", "RECORD_SIZE", "TOOLBOX_METRICS", "PolypEvaluator", "polyp_scores"]
 
 PAPER_METRICS = ("Dice", "IoU", "Precision", "Recall")
 TOOLBOX_METRICS = ("mDice", "mIoU", "wFm", "Sm", "meanEm", "maxEm", "MAE")
@@ -76,16 +77,19 @@ def _pred_levels(pred: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
     if pred.dtype == np.bool_:
         return pred.astype(np.float64), pred.astype(np.int64) * 255
     if pred.dtype.kind != "f":
-        raise ValueError(f"{name} of dtype {pred.dtype} is ambiguous: pass float probabilities in [0, 1] "
-                         "or a uint8 map in 0..255")
+        raise ValueError(
+            f"{name} of dtype {pred.dtype} is ambiguous: pass float probabilities in [0, 1] or a uint8 map in 0..255"
+        )
     prob = pred.astype(np.float64)
     nan = int(np.isnan(prob).sum())
     if nan:
         raise ValueError(f"{name} contains {nan} NaN values")
     lo, hi = float(prob.min()), float(prob.max())
     if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"{name} values must lie in [0, 1] for a float map, got values in [{lo:g}, {hi:g}] "
-                         "(pass a uint8 array for a 0..255 map)")
+        raise ValueError(
+            f"{name} values must lie in [0, 1] for a float map, got values in [{lo:g}, {hi:g}] "
+            "(pass a uint8 array for a 0..255 map)"
+        )
     return prob, np.floor(prob * 255.0 + 0.5).astype(np.int64)
 
 
@@ -182,8 +186,12 @@ class PolypEvaluator:
         self._wfm = WeightedFmeasure(beta=1)
         self._mae = MAE()
         self._em = Emeasure()
-        self._fm = FmeasureV2({"dice": DICEHandler(with_dynamic=True, with_adaptive=False),
-                               "iou": IOUHandler(with_dynamic=True, with_adaptive=False)})
+        self._fm = FmeasureV2(
+            {
+                "dice": DICEHandler(with_dynamic=True, with_adaptive=False),
+                "iou": IOUHandler(with_dynamic=True, with_adaptive=False),
+            }
+        )
 
     @property
     def num_images(self) -> int:
@@ -211,8 +219,10 @@ class PolypEvaluator:
         p, g = as_numeric_array(pred, "pred"), as_numeric_array(gt, "gt")
         _check_pair(p, g, (p.shape, g.shape), ("pred", "gt"))
         if p.ndim != 2:
-            raise ValueError(f"update takes one (H, W) image, got shape {p.shape}; use update_batch for "
-                             "(B, H, W) or (B, 1, H, W) batches")
+            raise ValueError(
+                f"update takes one (H, W) image, got shape {p.shape}; use update_batch for "
+                "(B, H, W) or (B, 1, H, W) batches"
+            )
         prob, levels = _pred_levels(p, "pred")
         self._add(prob, levels, _gt_mask(g, "gt"))
 
@@ -247,10 +257,17 @@ class PolypEvaluator:
         self._fm.step(on_levels, gt, normalize=False)
         handlers = self._fm._metric_handlers
         self._em.adaptive_ems.pop()
-        self._records.append(np.concatenate([
-            paper, [self._sm.sms.pop(), self._wfm.weighted_fms.pop(), self._mae.maes.pop()],
-            self._em.changeable_ems.pop(), handlers["dice"].dynamic_results.pop(),
-            handlers["iou"].dynamic_results.pop()]).astype(np.float64))
+        self._records.append(
+            np.concatenate(
+                [
+                    paper,
+                    [self._sm.sms.pop(), self._wfm.weighted_fms.pop(), self._mae.maes.pop()],
+                    self._em.changeable_ems.pop(),
+                    handlers["dice"].dynamic_results.pop(),
+                    handlers["iou"].dynamic_results.pop(),
+                ]
+            ).astype(np.float64)
+        )
 
     def compute(self) -> dict[str, float]:
         """Means over the images added: ``PAPER_METRICS`` then ``TOOLBOX_METRICS`` keys, Python floats.

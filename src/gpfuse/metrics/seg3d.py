@@ -38,6 +38,7 @@ BiPVL evaluation drops such cases); here every case is scored, so no NaN or inf 
 
 ``mean_*`` are means over the classes 1..C-1; ``summarise_cases`` averages over cases.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,9 +53,11 @@ from gpfuse.metrics.arrays import as_numeric_array
 
 __all__ = ["EMPTY_RULE", "summarise_cases", "volume_metrics"]
 
-EMPTY_RULE: str = ("empty structures are scored, never dropped: a class absent from both label and prediction "
-                   "scores dice 1, hd95 0 mm, nsd 1; absent from exactly one of them: dice 0, nsd 0, hd95 = the "
-                   "volume diagonal sqrt(sum((shape_i * spacing_i)^2)) mm")
+EMPTY_RULE: str = (
+    "empty structures are scored, never dropped: a class absent from both label and prediction "
+    "scores dice 1, hd95 0 mm, nsd 1; absent from exactly one of them: dice 0, nsd 0, hd95 = the "
+    "volume diagonal sqrt(sum((shape_i * spacing_i)^2)) mm"
+)
 
 _PER_CLASS = ("dice", "hd95", "nsd")
 _MEANS = ("mean_dice", "mean_hd95", "mean_nsd")
@@ -83,7 +86,7 @@ def _check_spacing(spacing: Any) -> tuple[float, float, float]:
         raise ValueError(f"spacing must be 3 positive numbers (mm along X, Y, Z), got {spacing!r}") from err
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be 3 positive numbers (mm along X, Y, Z), got {spacing!r}")
-    return sp  # type: ignore[return-value]
+    return sp
 
 
 def _one_hot(arr: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -93,8 +96,9 @@ def _one_hot(arr: np.ndarray, num_classes: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- metrics
-def volume_metrics(pred: Any, label: Any, num_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                   tolerance_mm: float = 2.0) -> dict[str, Any]:
+def volume_metrics(
+    pred: Any, label: Any, num_classes: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), tolerance_mm: float = 2.0
+) -> dict[str, Any]:
     """Dice, HD95 (mm) and NSD at ``tolerance_mm`` of one volume, per class 1..num_classes-1 (module doc).
 
     Args:
@@ -139,8 +143,14 @@ def volume_metrics(pred: Any, label: Any, num_classes: int, spacing: Sequence[fl
         warnings.filterwarnings("ignore", message=_MONAI_INTERNAL_WARNING, category=FutureWarning)
         dice = compute_dice(y_pred, y, include_background=False, ignore_empty=False)[0]
         hd95 = compute_hausdorff_distance(y_pred, y, include_background=False, percentile=95, spacing=list(sp))[0]
-        nsd = compute_surface_dice(y_pred, y, class_thresholds=[tol] * (num_classes - 1), include_background=False,
-                                   spacing=list(sp), use_subvoxels=True)[0]
+        nsd = compute_surface_dice(
+            y_pred,
+            y,
+            class_thresholds=[tol] * (num_classes - 1),
+            include_background=False,
+            spacing=list(sp),
+            use_subvoxels=True,
+        )[0]
 
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(p.shape, sp)))
     n_pred = np.bincount(p.ravel(), minlength=num_classes)

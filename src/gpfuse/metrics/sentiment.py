@@ -3,6 +3,7 @@
 Reproduces ``MetricsTop.__eval_mosei_regression`` of MMSA (``MMSA/metricsTop.py``), which MMSA also
 uses for MOSI, so numbers are comparable with MMSA-based papers.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -65,10 +66,7 @@ def mosi_regression_metrics(preds: Any, labels: Any) -> dict[str, float]:
     if p.size == 0:
         raise ValueError("preds and labels are empty: metrics need at least one value")
 
-    if np.ptp(p) == 0 or np.ptp(t) == 0:
-        corr = float("nan")
-    else:
-        corr = float(np.corrcoef(p, t)[0, 1])
+    corr = float("nan") if np.ptp(p) == 0 or np.ptp(t) == 0 else float(np.corrcoef(p, t)[0, 1])
 
     non0 = t != 0
     if non0.any():

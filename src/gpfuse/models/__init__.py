@@ -1,7 +1,9 @@
 """Models, one file per system, built by name: ``create_model("grf", input_dims=..., **options)``."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from torch import nn
 
@@ -9,12 +11,27 @@ from gpfuse.models.bipvl_seg import BiPVLSeg, BiPVLSegOutput
 from gpfuse.models.ea_dk import EADK
 from gpfuse.models.gpf_net import GPFNet, GPFNetOutput
 from gpfuse.models.grf import GRF, UnimodalRegressor
-from gpfuse.models.io import load_pretrained, save_pretrained
-from gpfuse.models.pgf_net import PGFNet
+from gpfuse.models.io import PretrainedMixin, from_pretrained, load_pretrained, save_pretrained
 from gpfuse.models.outputs import RegressionOutput, SegmentationOutput
+from gpfuse.models.pgf_net import PGFNet
 
-__all__ = ["MODELS", "create_model", "GRF", "UnimodalRegressor", "GPFNet", "GPFNetOutput", "EADK", "PGFNet", "BiPVLSeg", "BiPVLSegOutput", "RegressionOutput", "SegmentationOutput", "save_pretrained",
-           "load_pretrained"]
+__all__ = [
+    "EADK",
+    "GRF",
+    "MODELS",
+    "BiPVLSeg",
+    "BiPVLSegOutput",
+    "GPFNet",
+    "GPFNetOutput",
+    "PGFNet",
+    "RegressionOutput",
+    "SegmentationOutput",
+    "UnimodalRegressor",
+    "create_model",
+    "from_pretrained",
+    "load_pretrained",
+    "save_pretrained",
+]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "grf": GRF,
@@ -36,5 +53,5 @@ def create_model(name: str, **options: Any) -> nn.Module:
         model = factory(**options)
     except TypeError as err:
         raise TypeError(f"bad options for model {name!r}: {err}") from err
-    model.gpfuse_config = {"name": name, "options": options}
+    cast(PretrainedMixin, model).gpfuse_config = {"name": name, "options": options}  # every model in MODELS is one
     return model

@@ -7,19 +7,28 @@ BERT-family encoder cut into five stages. After Swin stage ``s`` (s = 1..4) a Bi
 (``fusion/bifusion.py``) exchanges information between the stage's volume features and the [CLS] states of
 the prompts after text stage ``s``: the fused volume features feed the next Swin stage (after stage 4, the
 decoder's bottleneck), the fused [CLS] states go back into the text sequence for the next text stage; the
-decoder's skips use the pre-fusion features, as in the paper. With ``alignment``, a class-embedding head maps every fused bottleneck token to
-class logits (trained against the argmax of the downsampled segmentation logits), class prototypes pooled
-with those probabilities are projected for the global (class) and local (concept) InfoNCE losses.
+decoder's skips use the pre-fusion features, as in the paper. With ``alignment``, a class-embedding head
+maps every fused bottleneck token to class logits (trained against the argmax of the downsampled
+segmentation logits), class prototypes pooled with those probabilities are projected for the global (class)
+and local (concept) InfoNCE losses.
+
+Departure from the paper, stated: its local term aligns concepts "with visual regions" without saying which
+regions or how they are pooled; here both terms read the class prototype (the bottleneck tokens averaged with
+the class head's soft assignment: the region the model gives the class, pooled to one vector). The global
+term is weighted by concept-to-vision similarity as the paper says, in a form gpfuse chose
+(``losses/alignment.py``); ``train.global_alignment: uniform`` and ``train.local_alignment: false`` ablate.
 
 Unlike the public code: every module is registered (an ``nn.ModuleList``), projections are sized from the
 stage widths, so any patch size divisible by 32 works, and hard negatives are the most similar ones
 (``losses/alignment.py``). Ablations: ``text=False`` is plain SwinUNETR (no text, no fusion);
 ``alignment=False`` fuses without the class-embedding head and the alignment losses.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +36,8 @@ from torch import Tensor, nn
 from gpfuse.encoders.staged_text import StagedTextEncoder
 from gpfuse.encoders.text import tokenize
 from gpfuse.fusion import build_fusion
+from gpfuse.fusion.layers import mlp
+from gpfuse.models.io import PretrainedMixin
 from gpfuse.models.mixed_precision import cpu_conv3d_in_fp32, instance_norms_in_fp32
 
 __all__ = ["BiPVLSeg", "BiPVLSegOutput"]
@@ -46,7 +57,7 @@ class BiPVLSegOutput(NamedTuple):
     text_concepts: Tensor | None = None
 
 
-class BiPVLSeg(nn.Module):
+class BiPVLSeg(PretrainedMixin, nn.Module):
     """BiPVL-Seg.
 
     Args:
@@ -66,50 +77,90 @@ class BiPVLSeg(nn.Module):
     Output: :class:`BiPVLSegOutput`.
     """
 
-    def __init__(self, num_classes: int, class_texts: Sequence[Sequence[str]] | None = None, in_channels: int = 1,
-                 feature_size: int = 48, use_v2: bool = False, text: bool = True, alignment: bool = True,
-                 text_model: str = "minilm", text_stages: Sequence[int] = (1, 6, 8, 10, 12), train_text: bool = True,
-                 max_text_len: int = 64, fusion_depth: int = 2, fusion_heads: int = 8, fusion_mlp: int = 2048,
-                 attention_downsample: int = 2, align_dim: int = 128) -> None:
+    text_encoder: StagedTextEncoder | None
+    bifusion: nn.ModuleList | None
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    renamed_modules: ClassVar[dict[str, str]] = {
+        "text": "text_encoder",
+        "class_head.2": "class_head.3",
+    }  # older saved models load (io.py)
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_texts: Sequence[Sequence[str]] | None = None,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        use_v2: bool = False,
+        text: bool = True,
+        alignment: bool = True,
+        text_model: str = "minilm",
+        text_stages: Sequence[int] = (1, 6, 8, 10, 12),
+        train_text: bool = True,
+        max_text_len: int = 64,
+        fusion_depth: int = 2,
+        fusion_heads: int = 8,
+        fusion_mlp: int = 2048,
+        attention_downsample: int = 2,
+        align_dim: int = 128,
+    ) -> None:
         super().__init__()
         from monai.networks.nets import SwinUNETR
 
         if alignment and not text:
             raise ValueError("alignment needs the text branch: set text=True, or alignment=False for vision-only")
-        self.vision = SwinUNETR(in_channels=in_channels, out_channels=num_classes, feature_size=feature_size,
-                                use_v2=use_v2)
+        self.vision = SwinUNETR(
+            in_channels=in_channels, out_channels=num_classes, feature_size=feature_size, use_v2=use_v2
+        )
         instance_norms_in_fp32(self.vision)  # bf16 instance norms of tiny blocks are wrong
         cpu_conv3d_in_fp32(self.vision)  # bf16 Conv3d backward on CPU gave NaN gradients (mixed_precision.py)
         widths = [feature_size * 2 ** (s + 1) for s in range(4)]  # Swin stage outputs: 2C, 4C, 8C, 16C
-        self.text = self.bifusion = None
+        self.text_encoder = self.bifusion = None
+        text_width = 0
         if text:
             if not class_texts or len(class_texts) != num_classes:
-                raise ValueError(f"class_texts must hold one list of prompts per class ({num_classes}), got "
-                                 f"{0 if not class_texts else len(class_texts)}")
+                raise ValueError(
+                    f"class_texts must hold one list of prompts per class ({num_classes}), got "
+                    f"{0 if not class_texts else len(class_texts)}"
+                )
             if len({len(t) for t in class_texts}) != 1 or len(class_texts[0]) < 2:
                 raise ValueError("every class needs the same number of prompts: a global prompt and >= 1 concept")
-            self.text = StagedTextEncoder(text_model, text_stages, trainable=train_text)
-            if self.text.num_stages != 5:
+            self.text_encoder = StagedTextEncoder(text_model, text_stages, trainable=train_text)
+            text_width = self.text_encoder.hidden_size
+            if self.text_encoder.num_stages != 5:
                 raise ValueError(f"text_stages must give 5 stages (embeddings + 4 fused), got {list(text_stages)}")
             prompts = [p for texts in class_texts for p in texts]
             ids, mask, lengths = tokenize(prompts, text_model, max_text_len, return_lengths=True)
             if (lengths > max_text_len).any():
-                log.warning("%d of %d class prompts are longer than max_text_len=%d tokens and were truncated "
-                            "(longest %d)", int((lengths > max_text_len).sum()), len(prompts), max_text_len,
-                            int(lengths.max()))
+                log.warning(
+                    "%d of %d class prompts are longer than max_text_len=%d tokens and were truncated (longest %d)",
+                    int((lengths > max_text_len).sum()),
+                    len(prompts),
+                    max_text_len,
+                    int(lengths.max()),
+                )
             self.register_buffer("prompt_ids", torch.from_numpy(ids), persistent=False)
             self.register_buffer("prompt_mask", torch.from_numpy(mask), persistent=False)
             self.prompts_per_class = len(class_texts[0])
             self.bifusion = nn.ModuleList(
-                build_fusion("bifusion", dim=w, text_dim=self.text.hidden_size, depth=fusion_depth,
-                             num_heads=fusion_heads, mlp_dim=fusion_mlp, downsample_rate=attention_downsample,
-                             update_text=alignment or s < 3)  # without alignment nothing reads the last text
-                for s, w in enumerate(widths))
+                build_fusion(
+                    "bifusion",
+                    dim=w,
+                    text_dim=text_width,
+                    depth=fusion_depth,
+                    num_heads=fusion_heads,
+                    mlp_dim=fusion_mlp,
+                    downsample_rate=attention_downsample,
+                    update_text=alignment or s < 3,
+                )  # without alignment nothing reads the last text
+                for s, w in enumerate(widths)
+            )
         self.alignment = alignment
         if alignment:
-            self.class_head = nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.GELU(), nn.Linear(widths[-1], num_classes))
+            self.class_head = mlp(widths[-1], widths[-1], num_classes)
             self.vision_proj = nn.Linear(widths[-1], align_dim)
-            self.text_proj = nn.Linear(self.text.hidden_size, align_dim)
+            self.text_proj = nn.Linear(text_width, align_dim)
 
     def _encode(self, image: Tensor) -> tuple[list[Tensor], Tensor, Tensor | None]:
         """The Swin stages with a BiFusion after each: the hidden states the decoder reads (as ``SwinTransformer``
@@ -118,23 +169,24 @@ class BiPVLSeg(nn.Module):
         vit, batch = self.vision.swinViT, len(image)
         x = vit.pos_drop(vit.patch_embed(image))
         hidden = [vit.proj_out(x, self.vision.normalize)]
-        text = mask = None
-        if self.text is not None:
+        text, fusions = self.text_encoder, self.bifusion
+        prompt_states = mask = None
+        if text is not None:
             ids = self.prompt_ids.repeat(batch, 1)
             mask = self.prompt_mask.repeat(batch, 1)
-            text = self.text.stage(0, mask=mask, ids=ids)
+            prompt_states = text.stage(0, mask=mask, ids=ids)
         for s in range(4):
             if vit.use_v2:
                 x = getattr(vit, f"layers{s + 1}c")[0](x.contiguous())
             x = getattr(vit, f"layers{s + 1}")[0](x.contiguous())
             if s < 3:
                 hidden.append(vit.proj_out(x, self.vision.normalize))  # a skip: pre-fusion
-            if text is not None:
-                text = self.text.stage(s + 1, text, mask)
-                x, cls = self.bifusion[s](x, text[:, 0].view(batch, -1, text.shape[-1]))
-                text = torch.cat([cls.flatten(0, 1).unsqueeze(1), text[:, 1:]], dim=1)
+            if text is not None and fusions is not None and prompt_states is not None:
+                prompt_states = text.stage(s + 1, prompt_states, mask)
+                x, cls = fusions[s](x, prompt_states[:, 0].view(batch, -1, prompt_states.shape[-1]))
+                prompt_states = torch.cat([cls.flatten(0, 1).unsqueeze(1), prompt_states[:, 1:]], dim=1)
         hidden.append(vit.proj_out(x, self.vision.normalize))  # the bottleneck: fused
-        return hidden, x, text
+        return hidden, x, prompt_states
 
     def _decode(self, image: Tensor, hidden: list[Tensor]) -> Tensor:
         """SwinUNETR's encoder blocks and decoder on the pre-fusion hidden states (its ``forward``, after swinViT)."""
@@ -148,13 +200,15 @@ class BiPVLSeg(nn.Module):
         image = batch["image"]
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self.vision._check_input_size(image.shape[2:])  # MONAI's message: sides divisible by 32
-        hidden, bottleneck, text = self._encode(image)
+        hidden, bottleneck, prompt_states = self._encode(image)
         logits = self._decode(image, hidden)
-        if not self.alignment:
+        if not self.alignment or prompt_states is None:  # alignment=True is refused without text
             return BiPVLSegOutput(logits)
         tokens = bottleneck.flatten(2).transpose(1, 2)  # (B, N, 16 * feature_size)
         class_logits = self.class_head(tokens)
         weights = class_logits.softmax(-1)
         prototypes = torch.einsum("bnc,bnd->bcd", weights, tokens) / weights.sum(1).unsqueeze(-1).clamp_min(1e-6)
-        prompts = self.text_proj(text[:, 0]).view(len(image), -1, self.prompts_per_class, self.text_proj.out_features)
+        prompts = self.text_proj(prompt_states[:, 0]).view(
+            len(image), -1, self.prompts_per_class, self.text_proj.out_features
+        )
         return BiPVLSegOutput(logits, class_logits, self.vision_proj(prototypes), prompts[:, :, 0], prompts[:, :, 1:])

@@ -2,8 +2,9 @@
 
 Top to bottom: an image encoder with five stages (Res2Net-50 in the paper; any gpfuse image encoder) ->
 Unified Channel Adaptation (UCA: 1x1 conv to 32 channels, BN, ReLU) of every stage -> Encoder Attention
-(EA): self-attention over the five pooled stage tokens, averaged into a global context G -> Dynamic Kernel
-(DK): an MLP turns G into a 1x1 segmentation kernel, whose first prediction reads the deepest features ->
+(EA, ``fusion/encoder_attention.py``): self-attention over the five pooled stage tokens, averaged into a
+global context G -> Dynamic Kernel (DK): an MLP turns G into a 1x1 segmentation kernel, whose first
+prediction reads the deepest features ->
 four decoder stages, deep to shallow: upsample, fuse with the stage's UCA skip, pool the features under
 the previous prediction into a region descriptor, update the kernel with LDNet's gated updater
 (``fusion/kernel.py``), predict again. Every stage's prediction is returned for deep supervision.
@@ -15,7 +16,10 @@ one); a decoder stage is two 3x3 conv-BN-ReLU blocks on [upsampled; skip] and a 
 signed features the kernel reads (LDNet's "unify"); the region descriptor is the feature mean weighted by
 the sigmoid of the upsampled previous prediction (K-Net's normalised form; LDNet sums).
 """
+
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,39 +27,17 @@ from torch.nn import functional as F
 
 from gpfuse.encoders.image import get_image_encoder
 from gpfuse.fusion import build_fusion
+from gpfuse.fusion.layers import mlp
+from gpfuse.models.io import PretrainedMixin
 from gpfuse.models.outputs import SegmentationOutput
 
-__all__ = ["EADK", "EncoderAttention"]
+__all__ = ["EADK"]
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
-                         nn.ReLU(inplace=True))
-
-
-class EncoderAttention(nn.Module):
-    """EA: the five UCA stage maps, each average-pooled to a C-d token plus a learned stage embedding, pass
-    one self-attention layer; their mean is the global context G.
-
-    Shapes: list of 5 maps (B, C, h_i, w_i) -> G (B, C) and the attention weights (B, 5, 5).
-    """
-
-    def __init__(self, dim: int, num_stages: int = 5, num_heads: int = 4) -> None:
-        super().__init__()
-        self.stage_embedding = nn.Parameter(torch.zeros(num_stages, dim))
-        self.norm_attn = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        nn.init.trunc_normal_(self.stage_embedding, std=0.02)
-
-    def forward(self, stages: list[Tensor]) -> tuple[Tensor, Tensor]:
-        tokens = torch.stack([s.mean(dim=(-2, -1)) for s in stages], dim=1) + self.stage_embedding
-        h = self.norm_attn(tokens)
-        attended, weights = self.attn(h, h, h, need_weights=True)
-        tokens = tokens + attended
-        tokens = tokens + self.ffn(self.norm_ffn(tokens))
-        return tokens.mean(dim=1), weights
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class DecoderStage(nn.Module):
@@ -84,7 +66,7 @@ def region_descriptor(features: Tensor, logits: Tensor) -> Tensor:
     return (features * weight).sum(dim=(-2, -1)) / weight.sum(dim=(-2, -1)).clamp_min(1e-6)
 
 
-class EADK(nn.Module):
+class EADK(PretrainedMixin, nn.Module):
     """EA-DK.
 
     Args:
@@ -97,15 +79,28 @@ class EADK(nn.Module):
     ``logits`` (B, 1, H, W) and ``stages`` deep to shallow (strides 32, 16, 8, 4, 2).
     """
 
-    def __init__(self, encoder: str = "efficientnet_lite0", encoder_weights: str | None = "imagenet",
-                 channels: int = 32, attention_heads: int = 4, in_channels: int = 3) -> None:
+    # older saved models load (io.py): the MLPs gained a Dropout slot when they became fusion.layers.mlp
+    renamed_modules: ClassVar[dict[str, str]] = {
+        "encoder_attention.ffn.2": "encoder_attention.ffn.3",
+        "dynamic_kernel.2": "dynamic_kernel.3",
+    }
+
+    def __init__(
+        self,
+        encoder: str = "efficientnet_lite0",
+        encoder_weights: str | None = "imagenet",
+        channels: int = 32,
+        attention_heads: int = 4,
+        in_channels: int = 3,
+    ) -> None:
         super().__init__()
         self.encoder = get_image_encoder(encoder, weights=encoder_weights, in_channels=in_channels)
         self.encoder.drop_head()
         self.uca = nn.ModuleList([_conv_bn_relu(c, channels, 1) for c in self.encoder.out_channels[1:]])
-        self.encoder_attention = EncoderAttention(channels, len(self.uca), attention_heads)
-        self.dynamic_kernel = nn.Sequential(nn.Linear(channels, 2 * channels), nn.ReLU(inplace=True),
-                                            nn.Linear(2 * channels, channels + 1))
+        self.encoder_attention = build_fusion(
+            "encoder_attention", dim=channels, num_stages=len(self.uca), num_heads=attention_heads
+        )
+        self.dynamic_kernel = mlp(channels, 2 * channels, channels + 1, activation=nn.ReLU)
         self.deepest = _conv_bn_relu(channels, channels, 3)
         self.deepest_unify = nn.Conv2d(channels, channels, 1)
         self.decoder = nn.ModuleList([DecoderStage(channels) for _ in range(len(self.uca) - 1)])

@@ -1,11 +1,12 @@
 """Keeping the layers that reduced precision breaks in float32 under mixed precision (autocast)."""
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
-__all__ = ["instance_norms_in_fp32", "cpu_conv3d_in_fp32"]
+__all__ = ["cpu_conv3d_in_fp32", "instance_norms_in_fp32"]
 
 
 def _to_fp32(module: nn.Module, args: tuple) -> tuple | None:

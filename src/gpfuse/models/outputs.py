@@ -1,4 +1,5 @@
 """Model outputs shared by tasks."""
+
 from __future__ import annotations
 
 from typing import NamedTuple

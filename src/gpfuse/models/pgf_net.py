@@ -3,7 +3,7 @@
 Top to bottom: audio and visual sequences are projected to the backbone's hidden size and concatenated
 into one key/value bank with its padding mask; the text runs through a frozen BERT-family backbone whose
 attention projections carry LoRA adapters (``peft``); after every encoder layer from ``L0`` on, a fusion
-step (``fusion/pgf.py``: cross-attention to the bank, per-dimension gated arbitration, bottleneck adapter)
+step (``fusion/in_lm_step.py``: cross-attention to the bank, per-dimension gated arbitration, bottleneck adapter)
 rewrites the text states, which the next layer consumes; a regression head reads the final [CLS] state.
 
 The fusion steps are attached with forward hooks on the backbone's own layers, so the backbone's code and
@@ -15,9 +15,11 @@ CMU-MOSI test fold has openSMILE values 150 training standard deviations out, wh
 bank's predictions into the hundreds); no positional or modality embedding is added to the bank (each
 modality has its own projection).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +27,11 @@ from torch import Tensor, nn
 from gpfuse.encoders.text import load_text_backbone
 from gpfuse.fusion import build_fusion
 from gpfuse.models.heads import regression_head
+from gpfuse.models.io import PretrainedMixin
 from gpfuse.models.outputs import RegressionOutput
+
+if TYPE_CHECKING:
+    from gpfuse.fusion.stacks import ProgressiveFusion
 
 __all__ = ["PGFNet"]
 
@@ -33,7 +39,7 @@ __all__ = ["PGFNet"]
 PAPER_DEPTH = 12
 
 
-class PGFNet(nn.Module):
+class PGFNet(PretrainedMixin, nn.Module):
     """PGF-Net.
 
     Args:
@@ -58,14 +64,25 @@ class PGFNet(nn.Module):
 
     text_input = "tokens"  # the sentiment data gives this model token ids from its backbone's tokenizer
 
-    def __init__(self, input_dims: dict[str, int], backbone: str = "minilm", lora_rank: int = 32,
-                 lora_targets: Sequence[str] = ("query", "key", "value"), fusion_start: int = 0,
-                 fusion_heads: int = 8, gate: str = "arbitration", cross_attention: bool = True, adapter: int = 64,
-                 dropout: float = 0.1, gate_bias: float = 4.0) -> None:
+    def __init__(
+        self,
+        input_dims: dict[str, int],
+        backbone: str = "minilm",
+        lora_rank: int = 32,
+        lora_targets: Sequence[str] = ("query", "key", "value"),
+        fusion_start: int = 0,
+        fusion_heads: int = 8,
+        gate: str = "arbitration",
+        cross_attention: bool = True,
+        adapter: int = 64,
+        dropout: float = 0.1,
+        gate_bias: float = 4.0,
+    ) -> None:
         super().__init__()
         if not 0 <= fusion_start < PAPER_DEPTH:
-            raise ValueError(f"fusion_start (L0, in BERT-base layers) must be in [0, {PAPER_DEPTH - 1}], "
-                             f"got {fusion_start}")
+            raise ValueError(
+                f"fusion_start (L0, in BERT-base layers) must be in [0, {PAPER_DEPTH - 1}], got {fusion_start}"
+            )
         self.backbone, layers = load_text_backbone(backbone)
         hidden = int(self.backbone.config.hidden_size)
         self.backbone.requires_grad_(False)
@@ -75,13 +92,28 @@ class PGFNet(nn.Module):
             config = LoraConfig(r=lora_rank, lora_alpha=lora_rank, lora_dropout=0.1, target_modules=list(lora_targets))
             inject_adapter_in_model(config, self.backbone)  # LoRA weights are new, hence trainable
         self.modalities = sorted(m for m in input_dims if m != "text")
-        self.projections = nn.ModuleDict({m: nn.Sequential(nn.Linear(input_dims[m], hidden), nn.LayerNorm(hidden))
-                                          for m in self.modalities})
+        self.projections = nn.ModuleDict(
+            {m: nn.Sequential(nn.Linear(input_dims[m], hidden), nn.LayerNorm(hidden)) for m in self.modalities}
+        )
         self.start = round(fusion_start * len(layers) / PAPER_DEPTH)
-        self.fusion = build_fusion("progressive", num_layers=len(layers) - self.start, block=dict(
-            name="pgf_block", dim=hidden, num_heads=fusion_heads, gate=gate, cross_attention=cross_attention,
-            adapter=adapter, dropout=dropout, gate_bias=gate_bias))
-        for index, layer in enumerate(layers[self.start:]):
+        self.fusion = cast(
+            "ProgressiveFusion",
+            build_fusion(
+                "progressive",
+                num_layers=len(layers) - self.start,
+                block=dict(
+                    name="pgf_block",
+                    dim=hidden,
+                    num_heads=fusion_heads,
+                    gate=gate,
+                    cross_attention=cross_attention,
+                    adapter=adapter,
+                    dropout=dropout,
+                    gate_bias=gate_bias,
+                ),
+            ),
+        )
+        for index, layer in enumerate(layers[self.start :]):
             layer.register_forward_hook(self._fusion_hook(index))
         self.head = regression_head(hidden, dropout)
         self._bank: tuple[Tensor, Tensor] | None = None
@@ -95,6 +127,7 @@ class PGFNet(nn.Module):
             fused, gate = self.fusion.step(index, states, *self._bank)
             self._gates.append(gate)
             return (fused, *output[1:]) if isinstance(output, tuple) else fused
+
         return hook
 
     def bank(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
@@ -108,8 +141,10 @@ class PGFNet(nn.Module):
             x = batch[m]
             mask = batch.get(f"{m}_mask", torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
             if x.dim() != 3 or len(x) != size or tuple(mask.shape) != tuple(x.shape[:2]):
-                raise ValueError(f"{m}: features {tuple(x.shape)} and mask {tuple(mask.shape)} must be (B={size}, L) "
-                                 f"and (B, L, D) with the same B and L as each other and B as the text")
+                raise ValueError(
+                    f"{m}: features {tuple(x.shape)} and mask {tuple(mask.shape)} must be (B={size}, L) "
+                    f"and (B, L, D) with the same B and L as each other and B as the text"
+                )
             masks.append(mask.bool())
         return torch.cat([self.projections[m](batch[m]) for m in present], dim=1), torch.cat(masks, dim=1)
 

@@ -1,12 +1,13 @@
 """The demo configs' data: the shared copies where present, else generated data in the same layouts, named
 SYNTHETIC in the log, the run name and (through the folder's marker) its metrics (``gpfuse demo`` and
 ``benchmarks/gpu_smoke.py``: the only commands that generate data in place of a missing dataset)."""
+
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from gpfuse.config import RunConfig
+from gpfuse.config import ReIDDataConfig, RunConfig, SegDataConfig, SentimentDataConfig, VolumeDataConfig
 from gpfuse.data.synthetic_marker import generated_roots
 
 __all__ = ["with_demo_data"]
@@ -34,16 +35,17 @@ def with_demo_data(cfg: RunConfig, folder: Path) -> RunConfig:
 
 
 def _mosi(cfg: RunConfig, folder: Path) -> RunConfig:
-    if (Path(cfg.data.root) / "labels.csv").is_file():
+    d = cfg.data_as(SentimentDataConfig)
+    if (Path(d.root) / "labels.csv").is_file():
         return cfg
     from gpfuse.data.synthetic import write_synthetic_mosi
 
-    log.warning("CMU-MOSI not found at %s: the demo uses SYNTHETIC data in %s", cfg.data.root, folder)
-    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(write_synthetic_mosi(folder))})})
+    log.warning("CMU-MOSI not found at %s: the demo uses SYNTHETIC data in %s", d.root, folder)
+    return cfg.model_copy(update={"data": d.model_copy(update={"root": str(write_synthetic_mosi(folder))})})
 
 
 def _colo_pair(cfg: RunConfig) -> RunConfig:
-    root = Path(cfg.data.root)
+    root = Path(cfg.data_as(ReIDDataConfig).root)
     if root.is_dir():
         return cfg
     from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
@@ -54,23 +56,25 @@ def _colo_pair(cfg: RunConfig) -> RunConfig:
 
 
 def _volumes(cfg: RunConfig, folder: Path) -> RunConfig:
-    if (Path(cfg.data.root) / "dataset.json").is_file():
+    d = cfg.data_as(VolumeDataConfig)
+    if (Path(d.root) / "dataset.json").is_file():
         return cfg
     from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 
-    log.warning("MSD Hippocampus not found at %s: the demo uses SYNTHETIC volumes in %s", cfg.data.root, folder)
+    log.warning("MSD Hippocampus not found at %s: the demo uses SYNTHETIC volumes in %s", d.root, folder)
     root = write_synthetic_decathlon(folder, n_cases=10, shape=(32, 64, 32), num_classes=3)
-    data = cfg.data.model_copy(update={"root": str(root), "descriptions": str(root / "descriptions.csv")})
+    data = d.model_copy(update={"root": str(root), "descriptions": str(root / "descriptions.csv")})
     return cfg.model_copy(update={"data": data})
 
 
 def _polyps(cfg: RunConfig, folder: Path) -> RunConfig:
-    if all(Path(f).is_dir() for f in [*cfg.data.train, *cfg.data.test.values()]):
+    d = cfg.data_as(SegDataConfig)
+    if all(Path(f).is_dir() for f in [*d.train, *d.test.values()]):
         return cfg
     from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 
     log.warning("Kvasir-SEG / CVC-ClinicDB not found: the demo uses SYNTHETIC polyps in %s", folder)
     train = write_synthetic_polyp_folder(folder / "train", n_images=48, size=96, seed=0)
     test = write_synthetic_polyp_folder(folder / "test", n_images=16, size=96, seed=1)
-    data = cfg.data.model_copy(update={"train": [str(train)], "val": [], "test": {"synthetic": str(test)}})
+    data = d.model_copy(update={"train": [str(train)], "val": [], "test": {"synthetic": str(test)}})
     return cfg.model_copy(update={"data": data})

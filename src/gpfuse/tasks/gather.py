@@ -7,6 +7,7 @@ pads and trims tensors of different lengths), and it then drops the padding dupl
 orders the samples by index: every process gets the whole split, as one process would have seen it, and so
 computes and logs the same value.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,8 +23,9 @@ __all__ = ["SampleCollector", "first_occurrences", "gate_moments", "pooled_mean_
 
 # Evaluation figures are computed from the gathered split, so every process logs the same value and
 # Lightning's advice to average them across processes (sync_dist=True) does not apply to them.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(valid|test|gate)/",
-                        category=PossibleUserWarning)
+warnings.filterwarnings(
+    "ignore", message=r"It is recommended to use `self.log\('(valid|test|gate)/", category=PossibleUserWarning
+)
 # ... and the padding DistributedSampler adds to evaluation shards is dropped here by sample index.
 warnings.filterwarnings("ignore", message=r"Using `DistributedSampler` with the dataloaders\. During `trainer\.")
 
@@ -54,6 +56,7 @@ class SampleCollector(Metric):
     """
 
     full_state_update = False
+    index: list[Tensor]  # a state (add_state): the batches' indices; one Tensor only while synced, in compute()
 
     def __init__(self, keys: Iterable[str]) -> None:
         super().__init__()
@@ -64,7 +67,7 @@ class SampleCollector(Metric):
         for key in self.keys:
             self.add_state(f"value_{key}", default=[], dist_reduce_fx="cat")
 
-    def update(self, index: Tensor, **values: Tensor) -> None:  # type: ignore[override]
+    def update(self, index: Tensor, **values: Tensor) -> None:
         """Add a batch: ``index`` (B,) dataset indices, ``values[key]`` (B, ...) for every key."""
         if set(values) != set(self.keys):
             raise KeyError(f"SampleCollector expects values {sorted(self.keys)}, got {sorted(values)}")

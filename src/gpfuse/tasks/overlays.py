@@ -1,5 +1,6 @@
 """Segmentation outputs as files: binary masks (PNG 0/255 at each image's own size), overlays (prediction
 contour red, ground-truth contour green, on the image) and a picture of a few test predictions."""
+
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ from gpfuse.data.images import read_image
 from gpfuse.data.polyp import read_mask
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["contour", "overlay", "write_predictions", "save_prediction_grid"]
+__all__ = ["contour", "overlay", "save_prediction_grid", "write_predictions"]
 
 RED, GREEN = np.array([255, 40, 40], dtype=np.uint8), np.array([40, 220, 40], dtype=np.uint8)
 
@@ -44,16 +45,21 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if total == 0 else float(2 * (pred & gt).sum() / total)
 
 
-def write_predictions(probabilities: list[torch.Tensor], items: list, out: Path, threshold: float = 0.5) -> Path:
+def write_predictions(
+    probabilities: list[np.ndarray], items: list, out: Path, threshold: float = 0.5, save_probabilities: bool = False
+) -> Path:
     """For each item (a :class:`~gpfuse.data.polyp.SegItem`) and its (H, W) probability map write
-    ``out/masks/<name>.png`` (0/255), ``out/overlays/<name>.png`` and a row of ``out/predictions.csv``
-    (``name,height,width,foreground_fraction,dice``; dice only where the folder has a mask)."""
+    ``out/masks/<name>.png`` (0/255), ``out/overlays/<name>.png``, with ``save_probabilities`` the 8-bit map
+    ``out/probabilities/<name>.png`` (``floor(255 p + 0.5)``, what the PraNet toolbox scores), and a row of
+    ``out/predictions.csv`` (``name,height,width,foreground_fraction,dice``; dice where the item has a mask)."""
     out = Path(out)
     rows = []
     for prob, it in zip(probabilities, items):
-        pred = prob.numpy() >= threshold
+        pred = prob >= threshold
         gt = read_mask(it.mask) if it.mask else None
         _save_png(np.where(pred, 255, 0).astype(np.uint8), out / "masks" / f"{it.name}.png")
+        if save_probabilities:
+            _save_png(np.floor(prob * 255.0 + 0.5).astype(np.uint8), out / "probabilities" / f"{it.name}.png")
         _save_png(overlay(np.asarray(read_image(it.image)), pred, gt), out / "overlays" / f"{it.name}.png")
         rows.append([it.name, *pred.shape, f"{pred.mean():.5f}", "" if gt is None else f"{_dice(pred, gt):.5f}"])
     with atomic_path(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
@@ -71,7 +77,7 @@ def save_prediction_grid(model: torch.nn.Module, dataset, path: Path, count: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gpfuse.tasks.segmentation import full_size_probabilities
+    from gpfuse.inference.segmentation import full_size_probabilities
 
     model.eval()
     picks = np.linspace(0, len(dataset) - 1, min(count, len(dataset))).astype(int)
@@ -81,8 +87,9 @@ def save_prediction_grid(model: torch.nn.Module, dataset, path: Path, count: int
         prob = full_size_probabilities(model({"image": sample["image"][None]}).logits, [sample["size"]])[0]
         gt = read_mask(it.mask) if it.mask else None
         ax.imshow(overlay(np.asarray(read_image(it.image)), prob.numpy() >= threshold, gt))
-        ax.set_title(f"{it.name[:12]}" + ("" if gt is None else f" Dice {_dice(prob.numpy() >= threshold, gt):.2f}"),
-                     fontsize=7)
+        ax.set_title(
+            f"{it.name[:12]}" + ("" if gt is None else f" Dice {_dice(prob.numpy() >= threshold, gt):.2f}"), fontsize=7
+        )
         ax.axis("off")
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -1,4 +1,5 @@
 """Run plots from Lightning's CSV logs: loss curves and gate values per fusion step."""
+
 from __future__ import annotations
 
 import csv
@@ -33,7 +34,7 @@ def plot_run(log_dir: Path, folder: Path) -> list[Path]:
 
     series = read_epoch_series(log_dir)
     written = []
-    panels = {
+    panels: dict[str, list[str]] = {
         "loss.png": [k for k in ("train/loss", "valid/loss") if k in series],
         "gates.png": sorted(k for k in series if k.startswith("gate/") and k.endswith("_mean")),
     }
@@ -47,8 +48,9 @@ def plot_run(log_dir: Path, folder: Path) -> list[Path]:
             std = series.get(key.replace("_mean", "_std")) if name == "gates.png" else None
             if std and len(std) == len(values):
                 s = [v for _, v in std]
-                ax.fill_between(epochs, [v - d for v, d in zip(values, s)], [v + d for v, d in zip(values, s)],
-                                alpha=0.2)
+                ax.fill_between(
+                    epochs, [v - d for v, d in zip(values, s)], [v + d for v, d in zip(values, s)], alpha=0.2
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel("gate value (mean ± std over valid)" if name == "gates.png" else "loss")
         ax.legend()

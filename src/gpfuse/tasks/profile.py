@@ -1,4 +1,5 @@
 """Model cost figures: parameters (total, trainable), forward FLOPs and forward time on synthetic input."""
+
 from __future__ import annotations
 
 import time
@@ -7,7 +8,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["synthetic_batch", "image_text_batch", "profile_model"]
+__all__ = ["image_text_batch", "profile_model", "synthetic_batch"]
 
 
 def synthetic_batch(input_dims: dict[str, int], batch_size: int = 32, seq_len: int = 50) -> dict[str, torch.Tensor]:
@@ -21,9 +22,11 @@ def synthetic_batch(input_dims: dict[str, int], batch_size: int = 32, seq_len: i
 
 def image_text_batch(batch_size: int = 1, image_size: int = 224, text_len: int = 64) -> dict[str, torch.Tensor]:
     """A random (B, 3, S, S) image and a full-length report of ``text_len`` token ids."""
-    return {"image": torch.randn(batch_size, 3, image_size, image_size),
-            "text_ids": torch.randint(1000, 2000, (batch_size, text_len)),
-            "text_mask": torch.ones(batch_size, text_len, dtype=torch.bool)}
+    return {
+        "image": torch.randn(batch_size, 3, image_size, image_size),
+        "text_ids": torch.randint(1000, 2000, (batch_size, text_len)),
+        "text_mask": torch.ones(batch_size, text_len, dtype=torch.bool),
+    }
 
 
 @torch.no_grad()
@@ -44,8 +47,14 @@ def profile_model(model: torch.nn.Module, batch: dict[str, torch.Tensor], repeat
         model(batch)
     elapsed = (time.perf_counter() - start) / repeats
     text = sum(p.numel() for n, p in model.named_parameters() if n.startswith("text_encoder."))
-    return {"parameters": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            **({"text_encoder": text, "without_text_encoder": sum(p.numel() for p in model.parameters()) - text}
-               if text else {}),
-            "gflops": counter.get_total_flops() / 1e9, "forward_ms": 1000 * elapsed}
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        **(
+            {"text_encoder": text, "without_text_encoder": sum(p.numel() for p in model.parameters()) - text}
+            if text
+            else {}
+        ),
+        "gflops": counter.get_total_flops() / 1e9,
+        "forward_ms": 1000 * elapsed,
+    }

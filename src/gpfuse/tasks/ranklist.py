@@ -1,9 +1,9 @@
 """Rank-list picture for a re-identification run: each query with its top-k gallery matches
 (same-identity-same-camera entries removed, as in evaluation), green border = same identity, red = not."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -11,7 +11,7 @@ import torch
 from gpfuse.data.images import read_image
 from gpfuse.utils.files import atomic_path
 
-__all__ = ["embed", "ranked_gallery", "save_rank_list"]
+__all__ = ["embed", "save_rank_list"]
 
 
 @torch.no_grad()
@@ -29,19 +29,14 @@ def _rankings(model: torch.nn.Module, data, top: int) -> tuple[np.ndarray, list[
     dist = torch.cdist(q, g).square().numpy()
     orders = []
     for qi, item in enumerate(query_set.items):
-        orders.append([j for j in np.argsort(dist[qi], kind="stable")
-                       if not (gallery_set.items[j].pid == item.pid and gallery_set.items[j].camid == item.camid)][:top])
+        orders.append(
+            [
+                j
+                for j in np.argsort(dist[qi], kind="stable")
+                if not (gallery_set.items[j].pid == item.pid and gallery_set.items[j].camid == item.camid)
+            ][:top]
+        )
     return dist, orders
-
-
-def ranked_gallery(model: torch.nn.Module, data, top: int = 10) -> Iterator[tuple[str, int, str, float, bool]]:
-    """``(query path, rank, gallery path, distance, same identity)`` for the ``top`` matches of each test query."""
-    dist, orders = _rankings(model, data, top)
-    query_set, gallery_set = data.datasets["query"], data.datasets["gallery"]
-    for qi, order in enumerate(orders):
-        for rank, j in enumerate(order, 1):
-            yield (query_set.items[qi].path, rank, gallery_set.items[j].path, float(dist[qi, j]),
-                   gallery_set.items[j].pid == query_set.items[qi].pid)
 
 
 def save_rank_list(model: torch.nn.Module, data, path: Path, num_queries: int = 6, top: int = 10) -> Path:
@@ -59,7 +54,8 @@ def save_rank_list(model: torch.nn.Module, data, path: Path, num_queries: int = 
         item, order = query_set.items[qi], orders[qi]
         cells = [(item, "black", "query")] + [
             (gallery_set.items[j], "green" if gallery_set.items[j].pid == item.pid else "red", f"{k + 1}")
-            for k, j in enumerate(order)]
+            for k, j in enumerate(order)
+        ]
         for c, ax in enumerate(axes[r]):
             ax.axis("off")
             if c >= len(cells):
@@ -67,8 +63,11 @@ def save_rank_list(model: torch.nn.Module, data, path: Path, num_queries: int = 
             it, colour, title = cells[c]
             ax.imshow(read_image(it.path))
             ax.set_title(title, fontsize=8)
-            ax.add_patch(matplotlib.patches.Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False,
-                                                      edgecolor=colour, linewidth=4))
+            ax.add_patch(
+                matplotlib.patches.Rectangle(
+                    (0, 0), 1, 1, transform=ax.transAxes, fill=False, edgecolor=colour, linewidth=4
+                )
+            )
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -1,4 +1,5 @@
 """Sentiment regression as a LightningModule: loss, MMSA metrics, gate statistics, optimiser and schedule."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -22,9 +23,17 @@ class RegressionTask(L.LightningModule):
     process, each utterance once), and the mean/std of each fusion step's gate (``gate/step{i}_mean``).
     """
 
-    def __init__(self, model: nn.Module, loss: str = "l1", aux_weight: float = 0.4, lr: float = 1e-3,
-                 weight_decay: float = 0.01, warmup_epochs: int = 5, max_epochs: int = 100,
-                 min_lr: float = 1e-6) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str = "l1",
+        aux_weight: float = 0.4,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        warmup_epochs: int = 5,
+        max_epochs: int = 100,
+        min_lr: float = 1e-6,
+    ) -> None:
         super().__init__()
         if loss not in ("l1", "mse"):
             raise ValueError(f"loss must be one of ['l1', 'mse'], got {loss!r}")
@@ -38,14 +47,21 @@ class RegressionTask(L.LightningModule):
 
     def _loss(self, out: RegressionOutput, label: Tensor) -> Tensor:
         loss = self.criterion(out.score, label)
-        if out.aux is not None and self.hparams.aux_weight > 0:
-            loss = loss + self.hparams.aux_weight * self.criterion(out.aux, label)
+        if out.aux is not None and self.hparams["aux_weight"] > 0:
+            loss = loss + self.hparams["aux_weight"] * self.criterion(out.aux, label)
         return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(self(batch), batch["label"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["label"]),
-                 sync_dist=True)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["label"]),
+            sync_dist=True,
+        )
         return loss
 
     def _eval_step(self, batch: dict[str, Tensor]) -> None:
@@ -59,6 +75,8 @@ class RegressionTask(L.LightningModule):
         self._collector.update(batch["index"], **values)
 
     def _eval_epoch_end(self, stage: str) -> None:
+        if self._collector is None:
+            raise RuntimeError(f"{stage}: no batch was scored (an empty split?)")
         whole = {k: v.cpu() for k, v in self._collector.compute().items()}
         self._collector = None
         aux = whole.get("aux")
@@ -88,12 +106,10 @@ class RegressionTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self(batch).score
-
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda e: warmup_cosine(e, hp.warmup_epochs, hp.max_epochs, hp.lr, hp.min_lr))
+            optimizer, lambda e: warmup_cosine(e, hp["warmup_epochs"], hp["max_epochs"], hp["lr"], hp["min_lr"])
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

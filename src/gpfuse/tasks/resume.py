@@ -10,11 +10,12 @@ order of samplers that take an epoch (``DistributedSampler``, the P x K identity
 modules when they build the loader (:func:`epoch_sampler`), because Lightning 2.6 creates the first resumed
 epoch's iterator before it sets the sampler's epoch (Lightning issue #21938).
 """
+
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
@@ -25,19 +26,23 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from gpfuse.models.io import CheckpointMismatchError
 
-__all__ = ["RandomStateCheckpoint", "epoch_sampler", "check_checkpoint"]
+__all__ = ["RandomStateCheckpoint", "check_checkpoint", "epoch_sampler"]
 
 KEY = "gpfuse_random_states"
 
 
 def _collect() -> dict[str, Any]:
     """The global random states as tensors and plain numbers (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # the legacy tuple (a dict only for a bit generator other than the global RandomState's MT19937)
+    legacy = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = legacy
     version, state, python_gauss = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": [version, torch.tensor(state, dtype=torch.int64), python_gauss]}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, torch.tensor(state, dtype=torch.int64), python_gauss],
+    }
 
 
 def _restore(states: dict[str, Any]) -> None:
@@ -71,8 +76,9 @@ def epoch_sampler(dataset: Dataset, trainer: L.Trainer | None, seed: int) -> Dis
     random state, which :class:`RandomStateCheckpoint` restores."""
     if trainer is None or trainer.world_size == 1:
         return None
-    sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True,
-                                 seed=seed)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=True, seed=seed
+    )
     sampler.set_epoch(trainer.current_epoch)
     return sampler
 
@@ -83,8 +89,9 @@ def check_checkpoint(path: Path, task: L.LightningModule) -> None:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated, not a torch file, or a pickle that asks for code
-        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({type(err).__name__}: "
-                                      f"{str(err).splitlines()[0][:200]})") from None
+        raise CheckpointMismatchError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "epoch" not in checkpoint:
         raise CheckpointMismatchError(f"{path}: not a Lightning checkpoint (no state_dict / epoch)")
     expected = {k: tuple(v.shape) for k, v in task.state_dict().items()}
@@ -92,6 +99,8 @@ def check_checkpoint(path: Path, task: L.LightningModule) -> None:
     if expected != found:
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         shapes = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-        raise CheckpointMismatchError(f"{path} holds another model's weights: {len(missing)} missing (e.g. "
-                                      f"{missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), {len(shapes)} "
-                                      f"of another shape (e.g. {shapes[:2]})")
+        raise CheckpointMismatchError(
+            f"{path} holds another model's weights: {len(missing)} missing (e.g. "
+            f"{missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}), {len(shapes)} "
+            f"of another shape (e.g. {shapes[:2]})"
+        )

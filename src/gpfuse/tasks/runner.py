@@ -2,20 +2,24 @@
 
 A run folder (``<output_dir>/<name>/seed_<seed>/``) holds: ``config.yaml`` (resolved), ``command.txt``,
 ``splits/{train,valid,test}.txt``, ``data_stats.json``, ``checkpoints/{best,last}.ckpt``,
-``logs/attempt_<n>/metrics.csv`` (one per start or resume), ``metrics.json``, ``loss.png``, ``gates.png`` and the final weights in ``model/``
-(safetensors + JSON). Lightning writes checkpoints atomically; gpfuse writes everything else through
-a temporary file and a rename.
+``logs/attempt_<n>/metrics.csv`` (one per start or resume), ``metrics.json``, ``loss.png``, ``gates.png``
+and the final weights in ``model/`` (``config.json`` + ``model.safetensors``, with the run's config and data
+statistics beside them, so that the folder alone predicts). Lightning writes checkpoints atomically; gpfuse
+writes everything else through a temporary file and a rename.
 
 Several processes (Lightning DDP: ``train.devices`` > 1, ``torchrun``, SLURM) all run this code: only the
 global rank 0 checks for an existing run and writes into the run folder; every rank computes the same
 seeded split and statistics, trains and evaluates its shard, and the tasks gather what the metrics need.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import lightning as L
 import numpy as np
@@ -27,27 +31,53 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gpfuse.config import ConfigError, RunConfig, apply_overrides, dump_config, validate_config
 from gpfuse.data.synthetic_marker import generated_roots
+from gpfuse.inference.saved_run import RUN_CONFIG, RUN_STATS
 from gpfuse.models import create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
-from gpfuse.tasks.kinds import TASK_KINDS
-from gpfuse.tasks.plots import plot_run
 from gpfuse.tasks.finite_loss import FiniteLoss
+from gpfuse.tasks.kinds import TASK_KINDS, TaskData, at_data
+from gpfuse.tasks.plots import plot_run
 from gpfuse.tasks.resume import RandomStateCheckpoint, check_checkpoint
 from gpfuse.utils.files import atomic_path, atomic_write_text, read_json
 
-__all__ = ["run_dir_for", "train", "train_seeds", "evaluate", "predict", "summarise", "summarise_folder",
-           "load_run_config", "is_main_process", "EVAL_OVERRIDES"]
+__all__ = [
+    "EVAL_OVERRIDES",
+    "evaluate",
+    "is_main_process",
+    "load_run_config",
+    "predict",
+    "run_dir_for",
+    "summarise",
+    "summarise_folder",
+    "train",
+    "train_seeds",
+]
 
 #: what ``gpfuse eval --set`` may change in a saved run's config: where and how it runs, never what it computes
 EVAL_OVERRIDES = ("train.accelerator", "train.devices", "train.strategy", "train.num_nodes", "data.num_workers")
 
 
+class _RankZeroOnly(Protocol):
+    rank: int  # set on the function by Lightning (at import, from the launcher's environment; then a Trainer)
+
+
 def is_main_process() -> bool:
     """True on the global rank 0 (or the only process): the one that writes files and prints results. Read
     from Lightning's rank, which a Trainer sets, and before any Trainer from the launcher's environment."""
-    return rank_zero_only.rank == 0
+    return cast(_RankZeroOnly, rank_zero_only).rank == 0
+
 
 log = logging.getLogger(__name__)
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's promotional tip (a logger product) from every command's output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip:" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
 
 
 def run_dir_for(config: RunConfig, seed: int | None = None) -> Path:
@@ -76,25 +106,43 @@ def _check_resumable(run_dir: Path, config: RunConfig, resume: bool, main: bool 
     started = (run_dir / "config.yaml").exists()
     if not resume:
         if main and started:
-            hint = ("pass --resume to continue it" if last.is_file() else
-                    "it stopped before its first checkpoint: pass --resume to start it again from epoch 0")
-            raise FileExistsError(f"{run_dir} already holds a run: {hint}, or change name/output_dir (nothing was "
-                                  "overwritten)")
+            hint = (
+                "pass --resume to continue it"
+                if last.is_file()
+                else "it stopped before its first checkpoint: pass --resume to start it again from epoch 0"
+            )
+            raise FileExistsError(
+                f"{run_dir} already holds a run: {hint}, or change name/output_dir (nothing was overwritten)"
+            )
         return None
     if not started:
-        raise FileNotFoundError(f"cannot resume: {run_dir} holds no run (no config.yaml); leave out --resume to "
-                                "start it")
+        raise FileNotFoundError(
+            f"cannot resume: {run_dir} holds no run (no config.yaml); leave out --resume to start it"
+        )
     saved, current = load_run_config(run_dir).model_dump(mode="json"), config.model_dump(mode="json")
     for section in ("data", "model"):  # as JSON: a tuple and the list it was saved as are the same value
         old, new = saved[section], current[section]
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
-            raise CheckpointMismatchError(f"{run_dir} was made with another {section} config: "
-                                          + ", ".join(f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
+            raise CheckpointMismatchError(
+                f"{run_dir} was made with another {section} config: "
+                + ", ".join(f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
+            )
     if not last.is_file():
         log.warning("%s stopped before its first checkpoint: starting it again from epoch 0", run_dir)
         return None
     return last
+
+
+def _save_model_folder(model: torch.nn.Module, config: RunConfig, run_dir: Path) -> Path:
+    """``run_dir/model``: the weights and ``config.json``, and what prediction needs beside them (the resolved
+    run config and the data statistics), so the folder predicts on its own (``gpfuse.load``)."""
+    folder = save_pretrained(model, run_dir / "model")
+    atomic_write_text(folder / RUN_CONFIG, dump_config(config))
+    stats = run_dir / RUN_STATS
+    if stats.is_file():
+        atomic_write_text(folder / RUN_STATS, stats.read_text())
+    return folder
 
 
 def _synthetic_note(config: RunConfig) -> dict[str, list[str]]:
@@ -113,8 +161,9 @@ def _writable_folder(path: Path) -> None:
             pass
         (path / ".write_check").unlink()
     except OSError as err:
-        raise ValueError(f"output folder {path} cannot be written: {err.strerror or err} "
-                         f"({err.filename or path})") from None
+        raise ValueError(
+            f"output folder {path} cannot be written: {err.strerror or err} ({err.filename or path})"
+        ) from None
 
 
 def _logger(run_dir: Path) -> CSVLogger:
@@ -124,32 +173,43 @@ def _logger(run_dir: Path) -> CSVLogger:
     return CSVLogger(run_dir / "logs", name="", version=f"attempt_{attempt}")
 
 
-def _trainer(config: RunConfig, run_dir: Path | None = None, callbacks: list | None = None,
-             single_device: bool = False) -> L.Trainer:
+def _trainer(
+    config: RunConfig, run_dir: Path | None = None, callbacks: list | None = None, single_device: bool = False
+) -> L.Trainer:
     """The Lightning trainer of ``config.train``; ``single_device`` runs on one device of the accelerator
     (prediction: one process writes every output once)."""
     t = config.train
     return L.Trainer(
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=1 if single_device else t.devices,
-        strategy="auto" if single_device else t.strategy, num_nodes=1 if single_device else t.num_nodes,
-        sync_batchnorm=t.sync_batchnorm and not single_device, precision=t.precision,
-        accumulate_grad_batches=t.accumulate_grad_batches, deterministic=t.deterministic,
-        gradient_clip_val=t.grad_clip, callbacks=callbacks or [], logger=_logger(run_dir) if run_dir else False,
-        default_root_dir=run_dir, enable_checkpointing=bool(run_dir), enable_model_summary=False,
-        log_every_n_steps=10)
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=1 if single_device else t.devices,
+        strategy="auto" if single_device else t.strategy,
+        num_nodes=1 if single_device else t.num_nodes,
+        sync_batchnorm=t.sync_batchnorm and not single_device,
+        precision=t.precision,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic,
+        gradient_clip_val=t.grad_clip,
+        callbacks=callbacks or [],
+        logger=_logger(run_dir) if run_dir else False,
+        default_root_dir=run_dir,
+        enable_checkpointing=bool(run_dir),
+        enable_model_summary=False,
+        log_every_n_steps=10,
+    )
 
 
-def _task(config: RunConfig, model: torch.nn.Module) -> L.LightningModule:
+def _task(config: RunConfig, model: torch.nn.Module, data: L.LightningDataModule) -> L.LightningModule:
     """The task's LightningModule, its weights in channels_last layout when ``train.channels_last`` (3D
     convolutions: channels_last_3d)."""
-    task = TASK_KINDS[config.task].task(config, model)
+    task = TASK_KINDS[config.task].task(config, model, data)
     if config.train.channels_last:
         volumetric = any(isinstance(m, torch.nn.Conv3d) for m in model.modules())
         task = task.to(memory_format=torch.channels_last_3d if volumetric else torch.channels_last)
     return task
 
 
-def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+def _merge(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Lightning returns one dict per eval dataloader (query and gallery for retrieval): merge them."""
     merged: dict[str, Any] = {}
     for result in results:
@@ -162,8 +222,10 @@ def _strip(metrics: dict[str, Any], stage: str) -> dict[str, float]:
 
 
 def _count(model: torch.nn.Module) -> dict[str, int]:
-    return {"total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
 
 
 def train(config: RunConfig, resume: bool = False, command: str = "", callbacks: list | None = None) -> dict[str, Any]:
@@ -172,14 +234,22 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     resumed from ``last.ckpt`` ends as the uninterrupted run would have."""
     run_dir = run_dir_for(config)
     t = config.train
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor,
-                                 mode=t.monitor_mode, save_top_k=1, enable_version_counter=False)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best",
+        monitor=t.monitor,
+        mode=t.monitor_mode,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
     # every epoch's end, improved or not (Lightning 2.6's save_last=True skips the epochs that did not improve)
-    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                             enable_version_counter=False)
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
+    )
     stopper = EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.patience)
-    trainer = _trainer(config, run_dir, [checkpoint, latest, stopper, RandomStateCheckpoint(), FiniteLoss(),
-                                         *(callbacks or [])])
+    trainer = _trainer(
+        config, run_dir, [checkpoint, latest, stopper, RandomStateCheckpoint(), FiniteLoss(), *(callbacks or [])]
+    )
     main = trainer.is_global_zero
     last = _check_resumable(run_dir, config, resume, main)
     if main:
@@ -187,29 +257,37 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     L.seed_everything(t.seed, workers=True)
     kind = TASK_KINDS[config.task]
     data = kind.data(config, None, None)
-    data.setup()
+    run_data = cast(TaskData, data)  # every kind's data module has these methods
+    run_data.setup()
     model = create_model(config.model["name"], **kind.model_inputs(data), **config.model_options())
-    task = _task(config, model)
+    task = _task(config, model, data)
     if last is not None:
         check_checkpoint(last, task)
     elif main:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
-        data.save_split_lists(run_dir / "splits")
-        data.save_stats(run_dir / "data_stats.json")
+        run_data.save_split_lists(run_dir / "splits")
+        run_data.save_stats(run_dir / "data_stats.json")
     if main and command:
         previous = (run_dir / "command.txt").read_text() if (run_dir / "command.txt").is_file() else ""
         atomic_write_text(run_dir / "command.txt", previous + command + "\n")
     trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None, weights_only=True)
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
-    valid = _strip(_merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False,
-                                           weights_only=True)), "valid")
-    test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)),
-                  "test")
+    valid = _strip(
+        _merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "valid"
+    )
+    test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "test")
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
-    metrics = {"valid": valid, "test": test, "best_epoch": best_epoch, "epochs_run": trainer.current_epoch,
-               "parameters": _count(model), "seed": t.seed, **_synthetic_note(config)}
+    metrics = {
+        "valid": valid,
+        "test": test,
+        "best_epoch": best_epoch,
+        "epochs_run": trainer.current_epoch,
+        "parameters": _count(model),
+        "seed": t.seed,
+        **_synthetic_note(config),
+    }
     if main:
-        save_pretrained(model, run_dir / "model")
+        _save_model_folder(model, config, run_dir)
         kind.figures(model, data, run_dir)
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         plot_run(run_dir / "logs", run_dir)
@@ -228,8 +306,9 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]
     return summary
 
 
-def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, command: str = "",
-                folds: list[int] | None = None) -> dict[str, Any]:
+def train_seeds(
+    config: RunConfig, seeds: list[int], resume: bool = False, command: str = "", folds: list[int] | None = None
+) -> dict[str, Any]:
     """Train one run per seed (and per ``data.fold`` when ``folds`` is given: cross-validation folds or
     random splits, run folders ``<name>/fold_<f>/seed_<s>``); writes ``<output_dir>/<name>/summary.json``
     with the mean ± std of every metric over all runs, and returns it."""
@@ -242,12 +321,20 @@ def train_seeds(config: RunConfig, seeds: list[int], resume: bool = False, comma
         variant = config.model_copy(update=update)
         run_dir = run_dir_for(variant)
         resume_this = resume and (run_dir / "config.yaml").is_file()
-        if resume_this and (run_dir / "metrics.json").is_file() and not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if (
+            resume_this
+            and (run_dir / "metrics.json").is_file()
+            and not (run_dir / "checkpoints" / "last.ckpt").is_file()
+        ):
             results.append(read_json(run_dir / "metrics.json"))
             continue
         results.append(train(variant, resume=resume_this, command=command))
-    summary = {"seeds": seeds, **({"folds": folds} if folds is not None else {}),
-               "parameters": results[0]["parameters"], **summarise(results)}
+    summary = {
+        "seeds": seeds,
+        **({"folds": folds} if folds is not None else {}),
+        "parameters": results[0]["parameters"],
+        **summarise(results),
+    }
     if is_main_process():
         atomic_write_text(Path(config.output_dir) / config.name / "summary.json", json.dumps(summary, indent=2))
     return summary
@@ -261,31 +348,43 @@ def summarise_folder(root: str | Path) -> dict[str, Any]:
     if not paths:
         raise FileNotFoundError(f"no finished run (metrics.json) under {root}")
     results = [read_json(p) for p in paths]
-    summary = {"runs": [str(p.parent.relative_to(root)) for p in paths], "parameters": results[0]["parameters"],
-               **summarise(results)}
+    summary = {
+        "runs": [str(p.parent.relative_to(root)) for p in paths],
+        "parameters": results[0]["parameters"],
+        **summarise(results),
+    }
     atomic_write_text(root / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
-def _load(run_dir: Path, data_root: str | None = None, overrides: list[str] | None = None
-          ) -> tuple[RunConfig, L.LightningDataModule, torch.nn.Module]:
+def _saved_options(model: torch.nn.Module) -> dict[str, Any]:
+    """The model options ``create_model`` kept on the model (its ``gpfuse_config``, a plain dict attribute)."""
+    return cast("dict[str, dict[str, Any]]", model.gpfuse_config)["options"]
+
+
+def _load(
+    run_dir: Path, data_root: str | None = None, overrides: list[str] | None = None, name: str = "other"
+) -> tuple[RunConfig, L.LightningDataModule, torch.nn.Module]:
     config = load_run_config(run_dir)
     if overrides:
         config = _with_overrides(config, overrides, run_dir)
+    config = at_data(config, data_root, name)
     stats_path = run_dir / "data_stats.json"
     stats = read_json(stats_path) if stats_path.is_file() else None
     kind = TASK_KINDS[config.task]
     data = kind.data(config, stats or None, data_root)
     model = load_pretrained(run_dir / "model", expected_name=config.model["name"])
-    saved = model.gpfuse_config["options"]
+    saved = _saved_options(model)
     differ = sorted(k for k, v in config.model_options().items() if saved.get(k) != v)
     if differ:
-        raise CheckpointMismatchError(f"{run_dir / 'model'} was saved with another model config than "
-                                      f"{run_dir / 'config.yaml'}: " + ", ".join(
-                                          f"model.{k}: {saved.get(k)!r} vs {config.model_options()[k]!r}" for k in differ))
-    data.setup()
+        raise CheckpointMismatchError(
+            f"{run_dir / 'model'} was saved with another model config than "
+            f"{run_dir / 'config.yaml'}: "
+            + ", ".join(f"model.{k}: {saved.get(k)!r} vs {config.model_options()[k]!r}" for k in differ)
+        )
+    cast(TaskData, data).setup()
     for key, value in kind.model_inputs(data).items():
-        expected = model.gpfuse_config["options"].get(key)
+        expected = _saved_options(model).get(key)
         if value != expected:
             raise CheckpointMismatchError(f"{run_dir / 'model'} was made for {key}={expected}, the data gives {value}")
     return config, data, model
@@ -295,54 +394,86 @@ def _with_overrides(config: RunConfig, overrides: list[str], run_dir: Path) -> R
     """The saved config with ``key.path=value`` overrides of the :data:`EVAL_OVERRIDES` keys only."""
     refused = [item.partition("=")[0] for item in overrides if item.partition("=")[0] not in EVAL_OVERRIDES]
     if refused:
-        raise ConfigError(f"{', '.join(refused)}: a saved run is evaluated as it was trained; --set may change only "
-                          f"{', '.join(EVAL_OVERRIDES)}")
+        raise ConfigError(
+            f"{', '.join(refused)}: a saved run is evaluated as it was trained; --set may change only "
+            f"{', '.join(EVAL_OVERRIDES)}"
+        )
     raw = apply_overrides(config.model_dump(mode="json"), overrides)
     return validate_config(raw, f"{run_dir / 'config.yaml'} with --set {' '.join(overrides)}")
 
 
-def evaluate(run_dir: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate(
+    run_dir: str | Path,
+    overrides: list[str] | None = None,
+    data_root: str | Path | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
     """Re-evaluate a finished run's saved model on its valid and test splits; update ``metrics.json`` with
     the figures and write the task's pictures (the rank list for re-identification). ``overrides`` (keys of
     :data:`EVAL_OVERRIDES`) choose where it runs, e.g. ``["train.devices=2", "train.strategy=ddp"]``: every
-    process evaluates its shard, the figures are those of the whole split, rank 0 writes the files."""
+    process evaluates its shard, the figures are those of the whole split, rank 0 writes the files.
+
+    With ``data_root``: score the model on another labelled set in the run's layout instead (sentiment: its
+    test split; re-identification: its query and gallery; image/mask folders: every image; Decathlon: every
+    labelled case), written to ``metrics_<name>.json`` (``name``: the folder's name by default), never over
+    metrics.json."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.json"
+    if data_root is not None:
+        name = name or Path(data_root).name
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' or '.' (it names metrics_<name>.json)")
+        if not Path(data_root).exists():
+            raise FileNotFoundError(f"nothing to evaluate on: {data_root} does not exist")
+    path = run_dir / ("metrics.json" if data_root is None else f"metrics_{name}.json")
     saved = read_json(path) if path.is_file() else {}  # what will be written to is checked before the long work
-    config, data, model = _load(run_dir, overrides=overrides)
+    config, data, model = _load(run_dir, None if data_root is None else str(data_root), overrides, name or "other")
     trainer = _trainer(config)
     kind = TASK_KINDS[config.task]
-    task = _task(config, model)
-    result = {"valid": _strip(_merge(trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)), "valid"),
-              "test": _strip(_merge(trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)), "test")}
+    task = _task(config, model, data)
+    result: dict[str, Any] = {}
+    if data_root is None:
+        result["valid"] = _strip(
+            _merge(trainer.validate(task, dataloaders=data.val_dataloader(), verbose=False)), "valid"
+        )
+    result["test"] = _strip(_merge(trainer.test(task, dataloaders=data.test_dataloader(), verbose=False)), "test")
     saved.pop("synthetic_data", None)
     result.update(_synthetic_note(config))
+    if data_root is not None:
+        result["data"] = str(data_root)
     if not trainer.is_global_zero:
         return {**result, "figures": []}
-    result["figures"] = [str(p) for p in kind.figures(model, data, run_dir)]
+    result["figures"] = [] if data_root is not None else [str(p) for p in kind.figures(model, data, run_dir)]
     atomic_write_text(path, json.dumps({**saved, **result}, indent=2))
     return result
 
 
-def predict(run_dir: str | Path, data_root: str | Path, out: str | Path) -> Path | None:
-    """Apply a run's saved model to the data under ``data_root`` and write ``out``: sentiment runs score every
-    utterance (CSV ``id,split,score,label``), re-identification runs rank the gallery for every test query
-    (CSV ``query,rank,gallery,distance,same_id``, top 10), both on data in the run's layout; segmentation
-    runs write masks, overlays and ``predictions.csv`` for a folder of images into the folder ``out``.
+def predict(
+    run_dir: str | Path, data_root: str | Path, out: str | Path, save_probabilities: bool = False
+) -> Path | None:
+    """Apply a run's saved model to the data under ``data_root`` and write ``out``, through the predictors of
+    :mod:`gpfuse.inference` (what ``gpfuse.load`` gives): sentiment runs score every utterance (CSV
+    ``id,split,score,label``) and re-identification runs rank the gallery for every test query (CSV
+    ``query,rank,gallery,distance,same_id``, top 10), both on data in the run's layout; segmentation runs write
+    masks, overlays (8-bit probability maps with ``save_probabilities``) and ``predictions.csv`` for a folder of
+    images, 3D runs a label volume and slices for each NIfTI file, into the folder ``out``.
 
     Prediction runs in one process on one device, so that every sample is written exactly once; started
     by a multi-process launcher (torchrun, srun), the processes other than rank 0 do nothing and return None.
     """
+    from gpfuse.inference import load
+
     if not is_main_process():
         return None
-    run_dir, out = Path(run_dir), Path(out)
-    if not Path(data_root).exists():
+    run_dir, out, data_root = Path(run_dir), Path(out), Path(data_root)
+    if not data_root.exists():
         raise FileNotFoundError(f"nothing to predict on: {data_root} does not exist")
     config = load_run_config(run_dir)
     kind = TASK_KINDS[config.task]
     _check_output(out, folder=kind.predicts_into_folder)  # before the long work
-    config, data, model = _load(run_dir, str(data_root))
-    return kind.predict(_trainer(config, single_device=True), _task(config, model), data, out)
+    predictor = load(
+        run_dir, "cuda" if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
+    )
+    return kind.predict(predictor, config, data_root, out, save_probabilities)
 
 
 def _check_output(out: Path, folder: bool) -> None:

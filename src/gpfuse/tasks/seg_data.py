@@ -1,5 +1,6 @@
 """The segmentation DataModule: image/mask folders -> a checked, seeded split -> augmented training batches
 and full-resolution evaluation loaders (one per named test set)."""
+
 from __future__ import annotations
 
 import json
@@ -27,21 +28,26 @@ class SegDataModule(L.LightningDataModule):
 
     Args:
         config: the data section. seed: split and subset seed. mean, std: the image encoder's normalisation.
-        predict_root: a folder of images (``images/`` + optional ``masks/``, or the images themselves) to
-            predict on instead of the configured splits.
+        test_only: read the ``test`` folders only (scoring a saved model on another labelled set).
     """
 
-    def __init__(self, config: SegDataConfig, seed: int = 0, mean: tuple[float, ...] = IMAGENET_MEAN,
-                 std: tuple[float, ...] = IMAGENET_STD, predict_root: str | None = None) -> None:
+    def __init__(
+        self,
+        config: SegDataConfig,
+        seed: int = 0,
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+        test_only: bool = False,
+    ) -> None:
         super().__init__()
-        self.config, self.seed, self.predict_root = config, seed, predict_root
+        self.config, self.seed, self.test_only = config, seed, test_only
         self.mean, self.std = mean, std
         self.items: dict[str, list[SegItem]] = {}
         self.counts: dict[str, dict[str, int]] = {}
 
     @property
     def test_names(self) -> tuple[str, ...]:
-        return tuple(k[len("test_"):] for k in self.items if k.startswith("test_"))
+        return tuple(k[len("test_") :] for k in self.items if k.startswith("test_"))
 
     def _read(self, folders: list[str], what: str) -> list[SegItem]:
         items = [it for folder in folders for it in list_folder(folder, group_column=self.config.group_column)]
@@ -60,12 +66,19 @@ class SegDataModule(L.LightningDataModule):
         if self.items:
             return
         c = self.config
-        if self.predict_root is not None:
-            self.items = {"predict": list_folder(self.predict_root, masks=False)}
-            return
         test = {name: self._read([folder], f"test[{name}]") for name, folder in c.test.items()}
-        split = make_split(self._read(c.train, "train"), self._read(c.val, "valid") if c.val else [], test,
-                           c.split, c.test_fraction, c.val_fraction, self.seed)
+        if self.test_only:
+            self.items = {f"test_{k}": v for k, v in test.items()}
+            return
+        split = make_split(
+            self._read(c.train, "train"),
+            self._read(c.val, "valid") if c.val else [],
+            test,
+            c.split,
+            c.test_fraction,
+            c.val_fraction,
+            self.seed,
+        )
         parts = {"train": split.train, "valid": split.val, **{f"test_{k}": v for k, v in split.test.items()}}
         self.items = {name: self._subset(items, i) for i, (name, items) in enumerate(parts.items())}
         log.info(", ".join(f"{k} {len(v)}" for k, v in self.items.items()))
@@ -73,17 +86,32 @@ class SegDataModule(L.LightningDataModule):
     def _dataset(self, name: str) -> PolypDataset:
         c = self.config
         train = name == "train" and c.augment
-        transform = SegTransform(c.image_size, train=train, flip_p=c.flip_p, rotate=c.rotate, scale=c.scale,
-                                 jitter=c.jitter, mean=self.mean, std=self.std)
-        return PolypDataset(self.items[name], transform, full_masks=name != "train" and name != "predict")
+        transform = SegTransform(
+            c.image_size,
+            train=train,
+            flip_p=c.flip_p,
+            rotate=c.rotate,
+            scale=c.scale,
+            jitter=c.jitter,
+            mean=self.mean,
+            std=self.std,
+        )
+        return PolypDataset(self.items[name], transform, full_masks=name != "train")
 
     def _loader(self, name: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         c = self.config
         dataset = self._dataset(name)
         sampler = epoch_sampler(dataset, self.trainer, self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=c.num_workers, collate_fn=seg_collate,
-                          drop_last=shuffle and len(self.items[name]) > batch_size, persistent_workers=c.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=c.num_workers,
+            collate_fn=seg_collate,
+            drop_last=shuffle and len(self.items[name]) > batch_size,
+            persistent_workers=c.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.config.batch_size, shuffle=True)
@@ -93,9 +121,6 @@ class SegDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(f"test_{name}", self.config.eval_batch_size) for name in self.test_names]
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", self.config.eval_batch_size)
 
     def save_split_lists(self, folder: Path) -> None:
         for name, items in self.items.items():

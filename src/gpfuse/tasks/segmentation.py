@@ -1,24 +1,19 @@
 """Binary segmentation as a LightningModule: deep-supervised BCE + Dice, evaluation under both polyp
 metric conventions at each image's own resolution, gate statistics, SGD + poly decay (EA-DK's recipe)."""
+
 from __future__ import annotations
 
 import lightning as L
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch import Tensor, nn
-from torch.nn import functional as F
 
+from gpfuse.inference.segmentation import full_size_probabilities
 from gpfuse.metrics.seg2d import PolypEvaluator, polyp_scores
 from gpfuse.tasks.gather import SampleCollector
-from gpfuse.tasks.schedules import build_optimizer, lr_lambda
+from gpfuse.tasks.schedules import build_optimizer, per_step_schedule
 
-__all__ = ["SegmentationTask", "full_size_probabilities"]
-
-
-def full_size_probabilities(logits: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
-    """(B, 1, h, w) logits -> per image (H_i, W_i) probabilities, resized bilinearly to its own size."""
-    return [torch.sigmoid(F.interpolate(logits[i:i + 1].float(), size=tuple(size), mode="bilinear",
-                                        align_corners=False))[0, 0] for i, size in enumerate(sizes)]
+__all__ = ["SegmentationTask"]
 
 
 class SegmentationTask(L.LightningModule):
@@ -33,10 +28,21 @@ class SegmentationTask(L.LightningModule):
     image once) before the means. Gates: ``gate/step{i}_kernel`` and ``_region`` means.
     """
 
-    def __init__(self, model: nn.Module, optimizer: str = "sgd", lr: float = 4e-4, momentum: float = 0.9,
-                 weight_decay: float = 1e-5, schedule: str = "poly", poly_power: float = 0.9, warmup_epochs: int = 0,
-                 max_epochs: int = 80, min_lr: float = 0.0, threshold: float = 0.5,
-                 test_names: tuple[str, ...] = ("test",)) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: str = "sgd",
+        lr: float = 4e-4,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-5,
+        schedule: str = "poly",
+        poly_power: float = 0.9,
+        warmup_epochs: int = 0,
+        max_epochs: int = 80,
+        min_lr: float = 0.0,
+        threshold: float = 0.5,
+        test_names: tuple[str, ...] = ("test",),
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"])
         self.model = model
@@ -48,8 +54,15 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(self(batch).stages, batch["mask"])
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]),
-                 sync_dist=True)
+        self.log(
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["mask"]),
+            sync_dist=True,
+        )
         return loss
 
     # ---- evaluation --------------------------------------------------------------------------------
@@ -58,13 +71,16 @@ class SegmentationTask(L.LightningModule):
 
     def _score(self, batch: dict, dataloader_idx: int) -> None:
         out = self(batch)
-        evaluator = PolypEvaluator(self.hparams.threshold)
+        evaluator = PolypEvaluator(self.hparams["threshold"])
         for prob, mask in zip(full_size_probabilities(out.logits, batch["size"]), batch["mask_full"]):
             evaluator.update(prob.cpu().numpy(), mask.cpu().numpy())
         # per image: the mean kept-kernel and taken-region gate of each kernel update, (B, steps, 2)
-        gates = torch.stack([g.float().mean(2) for g in out.gates], 1) if out.gates else torch.zeros(len(out.logits), 0, 2)
-        self._collectors[dataloader_idx].update(batch["index"], record=torch.from_numpy(evaluator.records),
-                                                gates=gates.double())
+        gates = (
+            torch.stack([g.float().mean(2) for g in out.gates], 1) if out.gates else torch.zeros(len(out.logits), 0, 2)
+        )
+        self._collectors[dataloader_idx].update(
+            batch["index"], record=torch.from_numpy(evaluator.records), gates=gates.double()
+        )
 
     def _log_whole(self, prefix: str, collector: SampleCollector, gates: bool) -> None:
         whole = collector.compute()
@@ -85,24 +101,27 @@ class SegmentationTask(L.LightningModule):
         self._log_whole("valid", self._collectors[0], gates=True)
 
     def on_test_epoch_start(self) -> None:
-        self._start(len(self.hparams.test_names))
+        self._start(len(self.hparams["test_names"]))
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._score(batch, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
-        for name, collector in zip(self.hparams.test_names, self._collectors):
+        for name, collector in zip(self.hparams["test_names"], self._collectors):
             if collector.update_count:
                 self._log_whole(f"test/{name}", collector, gates=False)
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> list[Tensor]:
-        return full_size_probabilities(self(batch).logits, batch["size"])
 
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_optimizer(self.model.parameters(), hp.optimizer, hp.lr, hp.weight_decay, hp.momentum)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = hp.warmup_epochs * total // max(1, hp.max_epochs)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(hp.schedule, warmup, total, hp.lr, hp.min_lr, hp.poly_power))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        schedule = per_step_schedule(
+            optimizer,
+            self.trainer.estimated_stepping_batches,
+            hp.schedule,
+            hp.warmup_epochs,
+            hp.max_epochs,
+            hp.lr,
+            hp.min_lr,
+            hp.poly_power,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -1,6 +1,7 @@
 """The 3D segmentation DataModule: a Decathlon folder -> checked cases, seeded train/valid/test split, class
 prompts from the description CSV, MONAI cached datasets and loaders (random patches for training, whole
 volumes for sliding-window evaluation)."""
+
 from __future__ import annotations
 
 import json
@@ -38,15 +39,16 @@ class VolumeDataModule(L.LightningDataModule):
 
     Args:
         config: the data section. seed: split, subset and transform seed.
-        predict_root: a NIfTI file or a folder of them to predict on (image only).
+        test_only: every usable labelled case of ``config.root`` is the test set (scoring a saved model on
+            another labelled set).
 
     Attributes after setup: ``labels`` ({index: name}), ``num_classes``, ``class_texts`` (per class its global
     prompt, then its concept prompts), ``cases`` (split name -> cases).
     """
 
-    def __init__(self, config: VolumeDataConfig, seed: int = 0, predict_root: str | None = None) -> None:
+    def __init__(self, config: VolumeDataConfig, seed: int = 0, test_only: bool = False) -> None:
         super().__init__()
-        self.config, self.seed, self.predict_root = config, seed, predict_root
+        self.config, self.seed, self.test_only = config, seed, test_only
         self.cases: dict[str, list[VolumeCase]] = {}
         self.labels: dict[int, str] = {}
         self.class_texts: list[list[str]] = []
@@ -63,34 +65,48 @@ class VolumeDataModule(L.LightningDataModule):
         cases, self.labels = read_decathlon(c.root)
         descriptions = read_class_descriptions(descriptions_path(c.descriptions), self.labels)
         self.class_texts = [[global_prompt(d), *local_prompts(d)] for d in descriptions]
-        if self.predict_root is not None:
-            root = Path(self.predict_root)
-            files = sorted(root.glob("*.nii*")) if root.is_dir() else [root]
-            if not files or not all(f.is_file() for f in files):
-                raise FileNotFoundError(f"no NIfTI volume to predict at {root}")
-            self.cases = {"predict": [VolumeCase(str(f), None, f.name.split(".nii")[0]) for f in files]}
+        kept, self.skipped = check_cases(
+            cases, self.num_classes, c.on_bad_file, what=str(Path(c.root) / "dataset.json")
+        )
+        if self.test_only:
+            self.cases = {"test": kept}
             return
-        kept, self.skipped = check_cases(cases, self.num_classes, c.on_bad_file, what=str(Path(c.root) / "dataset.json"))
         train, val, test = carve_cases(kept, (c.val_cases, c.test_cases), self.seed)
         if c.subset is not None and len(train) > c.subset:
-            train = [train[i] for i in np.sort(np.random.default_rng([self.seed, 2]).permutation(len(train))[:c.subset])]
+            train = [
+                train[i] for i in np.sort(np.random.default_rng([self.seed, 2]).permutation(len(train))[: c.subset])
+            ]
         self.cases = {"train": train, "valid": val, "test": test or val}
-        log.info("%s: train %d, valid %d, test %d%s", c.root, len(train), len(val), len(test),
-                 "" if test else " (test = valid)")
+        log.info(
+            "%s: train %d, valid %d, test %d%s",
+            c.root,
+            len(train),
+            len(val),
+            len(test),
+            "" if test else " (test = valid)",
+        )
 
     def _dataset(self, name: str):
         from monai.data import CacheDataset, Dataset
 
         c = self.config
-        train, predict = name == "train", name == "predict"
-        label = "transformed" if train else "none" if predict else "original"
-        transform = volume_transforms(c.roi_size, train, label=label, pixdim=c.pixdim, intensity=c.intensity,
-                                      ct_window=c.ct_window, crop_foreground=c.crop_foreground,
-                                      samples=c.samples_per_volume, flip_axes=c.flip_axes, flip_prob=c.flip_prob)
+        train = name == "train"
+        label = "transformed" if train else "original"
+        transform = volume_transforms(
+            c.roi_size,
+            train,
+            label=label,
+            pixdim=c.pixdim,
+            intensity=c.intensity,
+            ct_window=c.ct_window,
+            crop_foreground=c.crop_foreground,
+            samples=c.samples_per_volume,
+            flip_axes=c.flip_axes,
+            flip_prob=c.flip_prob,
+        )
         draw_from_numpy_global(transform)
-        items = [{"image": it.image, "index": i, **({} if predict else {"label": it.label})}
-                 for i, it in enumerate(self.cases[name])]
-        if predict or c.cache_rate == 0:
+        items = [{"image": it.image, "index": i, "label": it.label} for i, it in enumerate(self.cases[name])]
+        if c.cache_rate == 0:
             return Dataset(items, transform)
         return CacheDataset(items, transform, cache_rate=c.cache_rate, progress=False)
 
@@ -102,8 +118,14 @@ class VolumeDataModule(L.LightningDataModule):
 
         dataset = self._dataset(name)
         sampler = epoch_sampler(dataset, self.trainer, self.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                          num_workers=self.config.num_workers, collate_fn=list_data_collate)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=list_data_collate,
+        )
 
     def train_dataloader(self):
         return self._loader("train", self.config.batch_size, shuffle=True)
@@ -114,15 +136,16 @@ class VolumeDataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader("test", 1)
 
-    def predict_dataloader(self):
-        return self._loader("predict", 1)
-
     def save_split_lists(self, folder: Path) -> None:
         for name, cases in self.cases.items():
             lines = [f"{it.image}\t{it.label}" for it in cases]
             atomic_write_text(folder / f"{name}.txt", "image\tlabel\n" + "\n".join(lines) + "\n")
 
     def save_stats(self, path: Path) -> None:
-        stats = {"cases": {k: len(v) for k, v in self.cases.items()}, "skipped": self.skipped,
-                 "labels": self.labels, "class_texts": self.class_texts}
+        stats = {
+            "cases": {k: len(v) for k, v in self.cases.items()},
+            "skipped": self.skipped,
+            "labels": self.labels,
+            "class_texts": self.class_texts,
+        }
         atomic_write_text(path, json.dumps(stats, indent=2))

@@ -1,24 +1,34 @@
 """3D segmentation outputs as files: the label map in the input's own space (MONAI ``Invertd`` undoes the
 evaluation transforms) saved as NIfTI with the input's affine, and a PNG of the three mid slices with the
 prediction (and the label, when given) drawn over the image."""
+
 from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
-import torch
 
 from gpfuse.utils.files import atomic_path
 
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+
 __all__ = ["original_image", "save_mid_slices", "write_volume_predictions"]
 
-_COLOURS = np.array([[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 120, 240], [240, 200, 40], [200, 80, 220],
-                     [40, 210, 210]], dtype=float) / 255
+_COLOURS = (
+    np.array(
+        [[0, 0, 0], [230, 60, 60], [60, 200, 60], [60, 120, 240], [240, 200, 40], [200, 80, 220], [40, 210, 210]],
+        dtype=float,
+    )
+    / 255
+)
 
 
-def save_mid_slices(image: np.ndarray, pred: np.ndarray, path: Path, label: np.ndarray | None = None,
-                    title: str = "") -> Path:
+def save_mid_slices(
+    image: np.ndarray, pred: np.ndarray, path: Path, label: np.ndarray | None = None, title: str = ""
+) -> Path:
     """Axial, coronal and sagittal mid slices of ``image`` (X, Y, Z) with ``pred`` filled in colour (and ``label``
     contoured in a second row when given)."""
     import matplotlib
@@ -51,36 +61,24 @@ def original_image(path: str) -> np.ndarray:
     """The first channel of a NIfTI volume as stored, (X, Y, Z) float32."""
     import nibabel as nib
 
-    image = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    image = np.asarray(cast("SpatialImage", nib.load(path)).dataobj, dtype=np.float32)  # a NIfTI image
     return image[..., 0] if image.ndim == 4 else image
 
 
-@torch.no_grad()
-def write_volume_predictions(task, data, out: Path) -> Path:
-    """For every case of ``data.cases["predict"]``: ``out/<name>_seg.nii.gz`` (uint8 labels on the input's grid:
-    its affine and shape) and ``out/<name>_slices.png``."""
+def write_volume_predictions(predictor, files: list[Path], out: Path) -> Path:
+    """For every NIfTI file: ``out/<name>_seg.nii.gz`` (uint8 labels on the file's grid: its affine and shape,
+    from :class:`~gpfuse.inference.volumes.VolumePredictor`) and ``out/<name>_slices.png``."""
     import nibabel as nib
-    from monai.data import DataLoader
-
-    from gpfuse.tasks.segmentation3d import original_grid_labels
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = data._dataset("predict")  # one transform object: Invertd matches the transforms it applied by id
-    hp = task.hparams
-    task.model.eval()
-    device = next(task.model.parameters()).device
-    for case, batch in zip(data.cases["predict"], DataLoader(dataset, batch_size=1)):
-        batch["image"] = batch["image"].to(device)
-        pred = original_grid_labels(task.model, batch, dataset.transform, hp.roi_size, hp.sw_batch_size,
-                                    hp.overlap_test).cpu().numpy().astype(np.uint8)
-        source = nib.load(case.image)
-        if pred.shape != source.shape[:3]:
-            raise RuntimeError(f"{case.image}: prediction of shape {pred.shape} after inverting the transforms, "
-                               f"the volume is {source.shape[:3]}")
+    for path in files:
+        name = path.name.split(".nii")[0]
+        pred = predictor.predict(path)
+        source = cast("SpatialImage", nib.load(path))  # a NIfTI image
         header = source.header.copy()
         header.set_data_dtype(np.uint8)
-        with atomic_path(out / f"{case.name}_seg.nii.gz") as tmp:
+        with atomic_path(out / f"{name}_seg.nii.gz") as tmp:
             tmp.write_bytes(gzip.compress(nib.Nifti1Image(pred, source.affine, header).to_bytes()))
-        save_mid_slices(original_image(case.image), pred, out / f"{case.name}_slices.png", title=case.name)
+        save_mid_slices(original_image(str(path)), pred, out / f"{name}_slices.png", title=name)
     return out

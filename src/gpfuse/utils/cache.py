@@ -1,4 +1,5 @@
 """Where gpfuse keeps what it computes once and reuses: ``$GPFUSE_CACHE``, else ``~/.cache/gpfuse``."""
+
 from __future__ import annotations
 
 import os

@@ -1,12 +1,14 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename over the target."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["atomic_path", "atomic_write_text", "read_json"]
 

@@ -8,21 +8,18 @@ multi-head self-attention over ``h`` added to ``x`` (LN), then a feed-forward (L
 ``LN([I; F])``, but the residual stream is never normalised (``x + attn``, ``x + FFN(LN(x))``), which
 trains stably at learning rates where the paper's post-LN stack collapses (docs/results.md, CUHK01).
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
 from gpfuse.fusion.gates import ImageConditionedGate
+from gpfuse.fusion.layers import mlp
 from gpfuse.fusion.pooling import key_padding_mask
 from gpfuse.fusion.stacks import ProgressiveFusion
 
 __all__ = ["GatedProgressiveLayer", "gated_progressive_stack"]
-
-
-def _ffn(dim: int, hidden: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
-                         nn.Dropout(dropout))
 
 
 class GatedProgressiveLayer(nn.Module):
@@ -43,16 +40,23 @@ class GatedProgressiveLayer(nn.Module):
     -> (B, 1 + L, D); the gate is (B, 1, D). With L = 0 (no report) the layer is image-only.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1,
-                 attn: nn.MultiheadAttention | None = None, ffn: nn.Module | None = None,
-                 norm_first: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+        attn: nn.MultiheadAttention | None = None,
+        ffn: nn.Module | None = None,
+        norm_first: bool = False,
+    ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.gate = ImageConditionedGate(dim)
         self.norm_in = nn.LayerNorm(dim)
         self.attn = attn if attn is not None else nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
         self.norm_attn = nn.Identity() if norm_first else nn.LayerNorm(dim)
-        self.ffn = ffn if ffn is not None else _ffn(dim, ffn_dim, dropout)
+        self.ffn = ffn if ffn is not None else mlp(dim, ffn_dim, dropout=dropout, out_dropout=True)
         self.norm_ffn = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -70,16 +74,23 @@ class GatedProgressiveLayer(nn.Module):
         return (x, gate) if return_gate else x
 
 
-def gated_progressive_stack(dim: int, num_layers: int = 4, num_heads: int = 8, ffn_dim: int = 2048,
-                            dropout: float = 0.1, share_layers: bool = True, norm_first: bool = False
-                            ) -> ProgressiveFusion:
+def gated_progressive_stack(
+    dim: int,
+    num_layers: int = 4,
+    num_heads: int = 8,
+    ffn_dim: int = 2048,
+    dropout: float = 0.1,
+    share_layers: bool = True,
+    norm_first: bool = False,
+) -> ProgressiveFusion:
     """GPF-Net's 4 gated progressive fusion layers; ``share_layers`` shares attention + FFN across layers
     (gates and LayerNorms stay per layer), as the official code does; ``norm_first`` makes them pre-LN."""
+    attn: nn.MultiheadAttention | None = None  # None: each layer builds its own
+    ffn: nn.Module | None = None
     if share_layers:
         attn = nn.MultiheadAttention(dim, num_heads, dropout, batch_first=True)
-        ffn = _ffn(dim, ffn_dim, dropout)
-        factory = lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout, attn=attn, ffn=ffn,  # noqa: E731
-                                                norm_first=norm_first)
-    else:
-        factory = lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout, norm_first=norm_first)  # noqa: E731
-    return ProgressiveFusion(factory, num_layers)
+        ffn = mlp(dim, ffn_dim, dropout=dropout, out_dropout=True)
+    return ProgressiveFusion(
+        lambda: GatedProgressiveLayer(dim, num_heads, ffn_dim, dropout, attn=attn, ffn=ffn, norm_first=norm_first),
+        num_layers,
+    )

@@ -7,6 +7,7 @@ bottleneck adapter refines the result, ``H + W_up GELU(W_down H)``. The ablation
 cross-attention (``H_cross`` = the bank's masked mean, the same for every token), no gate (``H_text +
 H_cross``, the fusion core's ``sum``), no adapter.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -48,8 +49,16 @@ class GatedCrossModalBlock(nn.Module):
     ``return_gate`` also the gate (B, L, D), or None for an ungated mix.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, gate: str = "arbitration", cross_attention: bool = True,
-                 adapter: int = 64, dropout: float = 0.1, gate_bias: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        gate: str = "arbitration",
+        cross_attention: bool = True,
+        adapter: int = 64,
+        dropout: float = 0.1,
+        gate_bias: float = 0.0,
+    ) -> None:
         super().__init__()
         from gpfuse.fusion import build_fusion  # the registry imports this module
 
