@@ -71,3 +71,13 @@ def train_losses(optimizer: torch.optim.Optimizer, compute_loss, steps: int) -> 
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def colo_pair_data(root: Path | str) -> dict:
+    """The data section of a tiny Colo-Pair run (48 px frames, P x K = 2 x 2)."""
+    return {"source": "colo_pair", "root": str(root), "image_size": [48, 48], "batch_size": 4, "num_instances": 2}
+
+
+def polyp_folder_data(folder: Path | str) -> dict:
+    """The data section of a tiny image/mask-folder run (32 px, a random split)."""
+    return {"source": "polyp_folders", "train": [str(folder)], "split": "random", "image_size": 32, "batch_size": 4}

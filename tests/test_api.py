@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import run_gpfuse
+from conftest import colo_pair_data, polyp_folder_data, run_gpfuse
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
@@ -53,13 +53,7 @@ def place(tmp_path_factory):
             "ea_dk": _train(
                 {
                     "name": "ea_dk",
-                    "data": {
-                        "source": "polyp_folders",
-                        "train": [str(polyps)],
-                        "split": "random",
-                        "image_size": 32,
-                        "batch_size": 4,
-                    },
+                    "data": polyp_folder_data(polyps),
                     "model": {
                         "name": "ea_dk",
                         "encoder": "efficientnet_lite0",
@@ -72,13 +66,7 @@ def place(tmp_path_factory):
             "gpf_net": _train(
                 {
                     "name": "gpf_net",
-                    "data": {
-                        "source": "colo_pair",
-                        "root": str(colo),
-                        "image_size": [48, 48],
-                        "batch_size": 4,
-                        "num_instances": 2,
-                    },
+                    "data": colo_pair_data(colo),
                     "model": {
                         "name": "gpf_net",
                         **EFF,

@@ -194,6 +194,27 @@ def predict(
 
 
 @app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="a finished run folder"),
+    format_: str = typer.Option("onnx", "--format", help="only onnx"),
+    out: Path | None = typer.Option(None, help="the file to write (default RUN_DIR/model.onnx)"),
+    opset: int = typer.Option(18, help="ONNX opset"),
+    verify_with: list[Path] = typer.Option(
+        [], help="real inputs to verify on (default: the run's validation/test images found from here)"
+    ),
+    tolerance: float = typer.Option(1e-4, help="largest ONNX Runtime vs torch difference allowed"),
+) -> None:
+    """Export the run's model as ONNX with its preprocessing as metadata, verified with ONNX Runtime on real
+    inputs (2D segmentation runs so far)."""
+    from gpfuse.export import export_onnx
+
+    if format_ != "onnx":
+        raise ValueError(f"--format {format_!r}: only 'onnx' is supported")
+    path = export_onnx(run_dir, out, opset, verify_with or None, tolerance=tolerance)
+    console.print(f"wrote {path} (verified with ONNX Runtime)")
+
+
+@app.command()
 def info() -> None:
     """Versions, models, fusions and the datasets found."""
     import importlib.metadata as md

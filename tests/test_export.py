@@ -1,0 +1,128 @@
+"""ONNX export of a saved 2D segmentation run: metadata, dynamic batch, ONNX Runtime agrees with torch on real
+inputs, and a failed verification names the difference and leaves no file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gpfuse
+from conftest import colo_pair_data, polyp_folder_data, run_gpfuse
+from gpfuse.config import validate_config
+from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
+from gpfuse.export import OnnxMismatchError, export_onnx
+from gpfuse.tasks.runner import run_dir_for, train
+
+pytestmark = pytest.mark.slow
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    with contextlib.chdir(tmp_path_factory.mktemp("export")):
+        polyps = write_synthetic_polyp_folder(Path("data/polyps"), n_images=12, size=40)
+        cfg = validate_config(
+            {
+                "name": "ea_dk",
+                "output_dir": "runs",
+                "data": polyp_folder_data(polyps),
+                "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 8},
+                "train": {"max_epochs": 1, "seed": 42, "monitor": "valid/Dice", "monitor_mode": "max"},
+            },
+            "test",
+        )
+        train(cfg)
+        yield run_dir_for(cfg).resolve(), polyps.resolve()
+
+
+def test_export_carries_the_preprocessing_and_agrees_with_torch(seg_run, tmp_path):
+    run, polyps = seg_run
+    code, output = run_gpfuse("export", run, "--out", tmp_path / "ea_dk.onnx")
+    assert code == 0, output
+    proto = onnx.load(str(tmp_path / "ea_dk.onnx"))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["gpfuse_task"] == "segmentation" and json.loads(meta["input_size"]) == [32, 32]
+    assert json.loads(meta["input_mean"]) == pytest.approx([127 / 255] * 3) and float(meta["threshold"]) == 0.5
+    assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
+    session = ort.InferenceSession(str(tmp_path / "ea_dk.onnx"), providers=["CPUExecutionProvider"])
+    predictor = gpfuse.load(run)
+    images = sorted((polyps / "images").iterdir())[:3]
+    from gpfuse.inference.inputs import as_rgb
+
+    x = torch.stack([predictor.transform(as_rgb(str(p), str(p)), np.zeros((1, 1), bool))[0] for p in images])
+    with torch.no_grad():
+        expected = predictor.run.model({"image": x}).logits.numpy()
+    for batch in (x[:1], x):  # the batch axis is dynamic
+        got = session.run(None, {"image": batch.numpy()})[0]
+        assert np.abs(got - expected[: len(batch)]).max() < 1e-4
+        masks_onnx, masks_torch = got > 0, expected[: len(batch)] > 0
+        dice = 2 * (masks_onnx & masks_torch).sum() / max(1, masks_onnx.sum() + masks_torch.sum())
+        assert dice >= 0.999 or (masks_onnx.sum() + masks_torch.sum()) == 0
+
+
+def test_a_failed_verification_names_the_difference_and_leaves_no_file(seg_run, tmp_path):
+    run, polyps = seg_run
+    with pytest.raises(OnnxMismatchError, match=r"differs from torch by .* on 2 real inputs, above the tolerance"):
+        export_onnx(
+            run, tmp_path / "strict.onnx", verify_with=sorted((polyps / "images").iterdir())[:2], tolerance=1e-12
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpf_net_exports_image_only_embeddings_that_rank_as_torch(tmp_path):
+    from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
+
+    colo = write_synthetic_colo_pair(tmp_path / "colo", n_videos=6, frames_per_view=2, size=48)
+    cfg = validate_config(
+        {
+            "name": "gpf",
+            "output_dir": str(tmp_path / "runs"),
+            "data": colo_pair_data(colo),
+            "model": {
+                "name": "gpf_net",
+                "image_encoder": "efficientnet_lite0",
+                "image_weights": "imagenet",
+                "text_model": None,
+                "dim": 16,
+                "num_fusion_layers": 1,
+                "fusion_heads": 2,
+                "fusion_ffn": 16,
+                "final_layers": 1,
+                "final_heads": 2,
+                "final_ffn": 16,
+            },
+            # ImageNet weights and a near-zero rate: a random-init EfficientNet gives the same features for every
+            # image, and one epoch at the usual rate collapses this tiny model's embeddings onto one point; either
+            # would leave the comparison below comparing ties
+            "train": {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"},
+        },
+        "test",
+    )
+    train(cfg)
+    run = run_dir_for(cfg)
+    per_video = {p.parent.parent: p for p in sorted(colo.rglob("*.jpg"))}  # one frame per polyp: no near-ties
+    frames = list(per_video.values())[:5]
+    path = export_onnx(run, tmp_path / "gpf.onnx", verify_with=frames[:3])
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["gpfuse_task"] == "retrieval" and json.loads(meta["input_size"]) == [48, 48]
+    reid = gpfuse.load(run)
+    x = torch.stack([reid.transform(Image.open(p)) for p in frames])
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    expected = reid.embed([str(p) for p in frames], normalize=False)
+    assert np.abs(got - expected).max() < 1e-4
+    d_onnx, d_torch = _distances(got), _distances(expected)
+    np.testing.assert_allclose(d_onnx, d_torch, atol=1e-4)
+    assert np.diff(np.sort(d_torch)).min() > 1e-4  # distinct distances: the ranking below means something
+    assert (np.argsort(d_onnx) == np.argsort(d_torch)).all()
+
+
+def _distances(embeddings: np.ndarray) -> np.ndarray:
+    """Squared distances of rows 1.. to row 0 (the first image as the query)."""
+    return ((embeddings[:1] - embeddings[1:]) ** 2).sum(1)
