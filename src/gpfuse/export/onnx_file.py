@@ -124,7 +124,7 @@ def export_onnx(
     spec.graph.eval()
     meta = {
         "gpfuse_task": run.config.task,
-        "gpfuse_model": json.dumps(run.model.gpfuse_config),  # type: ignore[attr-defined]
+        "gpfuse_model": json.dumps(run.model.gpfuse_config),
         **spec.meta,
     }
     with atomic_path(out) as tmp:
