@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo lint test bench clean
+.PHONY: install browser demo lint test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,loggers]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,7 +23,15 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+# Headless Chromium for tests/test_report_browser.py: installed with apt-get when missing and run as root;
+# otherwise one line is printed and those tests skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; then echo "installed chromium"; \
+	  else echo "chromium not installed (needs root and apt-get): browser tests will skip"; fi; }
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -81,3 +81,27 @@ def colo_pair_data(root: Path | str) -> dict:
 def polyp_folder_data(folder: Path | str) -> dict:
     """The data section of a tiny image/mask-folder run (32 px, a random split)."""
     return {"source": "polyp_folders", "train": [str(folder)], "split": "random", "image_size": 32, "batch_size": 4}
+
+
+def mosi_data(root: Path | str, cache: Path | str, batch_size: int = 8, text_len: int = 16) -> dict:
+    """The data section of a tiny MOSI-layout run (text + one audio step)."""
+    return {
+        "source": "mosi",
+        "root": str(root),
+        "cache_dir": str(cache),
+        "batch_size": batch_size,
+        "max_len": {"text": text_len, "audio": 1},
+    }
+
+
+def tiny_grf(**overrides) -> dict:
+    """The model section of a tiny two-modality GRF (d_model 16, one layer)."""
+    return {
+        "name": "grf",
+        "order": ["text", "audio"],
+        "d_model": 16,
+        "num_heads": 2,
+        "num_layers": 1,
+        "ffn_dim": 32,
+        **overrides,
+    }

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import mosi_data, tiny_grf
 from gpfuse.data.synthetic import write_synthetic_mosi
 
 pytestmark = pytest.mark.slow
@@ -51,22 +52,8 @@ def configs(tmp_path_factory) -> dict[str, Path]:
         raw = {
             "name": "tiny",
             "output_dir": str(tmp / name),
-            "data": {
-                "source": "mosi",
-                "root": str(root),
-                "cache_dir": str(tmp / "cache"),
-                "batch_size": 8,
-                "max_len": {"text": 16, "audio": 1},
-            },
-            "model": {
-                "name": "grf",
-                "order": ["text", "audio"],
-                "d_model": 16,
-                "num_heads": 2,
-                "num_layers": 1,
-                "ffn_dim": 32,
-                "dropout": 0.2,
-            },  # dropout: the random stream matters
+            "data": mosi_data(root, tmp / "cache"),
+            "model": tiny_grf(dropout=0.2),  # dropout: the random stream matters
             "train": {"max_epochs": 4, "warmup_epochs": 1, "accelerator": "cpu", "seed": 5},
         }
         paths[name] = tmp / f"{name}.yaml"

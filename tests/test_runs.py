@@ -13,7 +13,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import run_gpfuse
+from conftest import mosi_data, run_gpfuse, tiny_grf
 from gpfuse.config import ConfigError, load_config, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_pickles import write_mmsa_pickle
@@ -39,21 +39,8 @@ def _config(tmp_path, root, cache, **train):
     raw = {
         "name": "tiny",
         "output_dir": str(tmp_path / "runs"),
-        "data": {
-            "source": "mosi",
-            "root": str(root),
-            "cache_dir": str(cache),
-            "batch_size": 8,
-            "max_len": {"text": 24, "audio": 1},
-        },
-        "model": {
-            "name": "grf",
-            "order": ["text", "audio"],
-            "d_model": 16,
-            "num_heads": 2,
-            "num_layers": 1,
-            "ffn_dim": 32,
-        },
+        "data": mosi_data(root, cache, text_len=24),
+        "model": tiny_grf(),
         "train": {"max_epochs": 2, "warmup_epochs": 1, "accelerator": "cpu", **train},
     }
     return validate_config(raw, "test")

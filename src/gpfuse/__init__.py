@@ -12,12 +12,14 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 if TYPE_CHECKING:
-    from gpfuse.inference import Predictor
+    from gpfuse.inference import Engine, Predictor
 
 
-def load(path: str | Path, device: Any = "cpu") -> Predictor:
-    """The predictor of a saved run or model folder (see :func:`gpfuse.inference.load`); imported on first use,
-    so that ``import gpfuse`` stays light."""
+def load(
+    path: str | Path, device: Any = "cpu", engine: Engine = "torch", onnx_file: str | Path | None = None
+) -> Predictor:
+    """The predictor of a saved run or model folder, its model run by torch or ONNX Runtime (see
+    :func:`gpfuse.inference.load`); imported on first use, so that ``import gpfuse`` stays light."""
     from gpfuse.inference import load as load_predictor
 
-    return load_predictor(path, device)
+    return load_predictor(path, device, engine, onnx_file)

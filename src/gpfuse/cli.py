@@ -1,4 +1,4 @@
-"""The ``gpfuse`` command: train, eval, summary, predict, info, profile, convert, demo.
+"""The ``gpfuse`` command: train, eval, summary, report, predict, info, profile, convert, demo.
 
 Every error reaches the user as one ``error:`` line that names the file, key or value, with exit code 2
 (:func:`main`); ``gpfuse --debug COMMAND`` shows the traceback instead."""
@@ -17,6 +17,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from monai.networks.nets import SwinUNETR
+
+    from gpfuse.inference.saved_run import Engine
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning-internal deprecation noise
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -172,23 +174,41 @@ def summary(root: Path = typer.Argument(..., help="folder holding finished runs,
 
 
 @app.command()
+def report(
+    runs: list[Path] = typer.Argument(..., help="run folders or roots of runs (several roots: a comparison)"),
+    out: Path = typer.Option(Path("report.html"), help="the HTML file to write"),
+    markdown: Path | None = typer.Option(None, help="also write the metrics tables as GitHub markdown here"),
+) -> None:
+    """One self-contained HTML page of finished runs: runs, metrics (mean ± std over the runs of a root; a
+    comparison over several roots), curves, fusion gates and the worst / best test samples."""
+    from gpfuse.report import write_report
+
+    console.print(f"wrote {write_report(list(runs), out, markdown)}")
+    if markdown is not None:
+        console.print(f"wrote {markdown}")
+
+
+@app.command()
 def predict(
     run_dir: Path,
     data: Path = typer.Argument(
         ...,
-        help="data in the run's layout (folder or file); segmentation: a folder of images; 3D: a NIfTI file or folder",
+        help="data in the run's layout (folder or file); segmentation: images folder or video; 3D: NIfTI file/folder",
     ),
-    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write (segmentation, 3D: a folder)"),
+    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write (segmentation, 3D: a folder; video: out.mp4)"),
     save_probabilities: bool = typer.Option(
         False, help="segmentation: also 8-bit probability maps (what the PraNet-toolbox measures score)"
     ),
+    engine: str = typer.Option("torch", help="torch, or onnxruntime: the run's ONNX file (gpfuse export) on the CPU"),
+    onnx: Path | None = typer.Option(None, help="--engine onnxruntime: the ONNX file (default RUN_DIR/model.onnx)"),
 ) -> None:
     """Apply the run's model to DATA: sentiment scores (id,split,score,label), re-identification top-10
-    rankings (query,rank,gallery,distance,same_id), segmentation masks + overlays + predictions.csv, or 3D
-    label volumes on each input's grid."""
+    rankings (query,rank,gallery,distance,same_id), segmentation masks + overlays + predictions.csv (for a
+    video: an overlay video + per-frame CSV, and the frames/s achieved), or 3D label volumes on each input's
+    grid."""
     from gpfuse.tasks.runner import predict as run_predict
 
-    path = run_predict(run_dir, data, out, save_probabilities)
+    path = run_predict(run_dir, data, out, save_probabilities, cast("Engine", engine), onnx)
     if path is not None:
         console.print(f"predictions written to {path}")
 
@@ -203,6 +223,7 @@ def export(
         [], help="real inputs to verify on (default: the run's validation/test images found from here)"
     ),
     tolerance: float = typer.Option(1e-4, help="largest ONNX Runtime vs torch difference allowed"),
+    image_only: bool = typer.Option(False, help="only the image input (GPF-Net with reports: the no-report path)"),
 ) -> None:
     """Export the run's model as ONNX with its preprocessing as metadata, verified with ONNX Runtime on real
     inputs (2D segmentation runs so far)."""
@@ -210,7 +231,7 @@ def export(
 
     if format_ != "onnx":
         raise ValueError(f"--format {format_!r}: only 'onnx' is supported")
-    path = export_onnx(run_dir, out, opset, verify_with or None, tolerance=tolerance)
+    path = export_onnx(run_dir, out, opset, verify_with or None, tolerance=tolerance, image_only=image_only)
     console.print(f"wrote {path} (verified with ONNX Runtime)")
 
 
@@ -327,7 +348,7 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
     """Train and test each demo config: GRF on CMU-MOSI, GPF-Net on a generated Colo-Pair folder, EA-DK on a
     subset of Kvasir-SEG (tested on its val split and CVC-ClinicDB), PGF-Net on CMU-MOSI, BiPVL-Seg on a few
     MSD Hippocampus volumes; synthetic data in the same layouts where the shared copies are absent. Prints
-    the metrics and the run folders."""
+    the metrics and the run folders, then writes one HTML report of all of them (``gpfuse report``)."""
     import time
 
     from gpfuse.config import load_config
@@ -336,6 +357,7 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
     from gpfuse.tasks.runner import train as run_train
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    roots: list[Path] = []
     for path in configs:
         cfg = load_config(path)
         cfg = cfg.model_copy(update={"name": f"{cfg.name}_{stamp}"})
@@ -350,6 +372,12 @@ def demo(configs: list[Path] = typer.Option([Path(c) for c in DEMO_CONFIGS], "--
         )
         console.print(f"parameters: {metrics['parameters']}")
         console.print(f"run folder: {run_dir_for(cfg)}")
+        roots.append(run_dir_for(cfg).parent)
+    if roots:
+        from gpfuse.report import write_report
+
+        report = write_report(roots, Path(cfg.output_dir) / f"demo_report_{stamp}.html")
+        console.print(f"report: {report} (one self-contained file: open it in any browser)")
 
 
 if __name__ == "__main__":

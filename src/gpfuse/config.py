@@ -180,6 +180,13 @@ TASK_OF_DATA = {
 }
 
 
+LoggerName = Literal["csv", "tensorboard", "mlflow"]
+
+
+def _csv_only() -> list[LoggerName]:
+    return ["csv"]
+
+
 class TrainConfig(_Strict):
     """Optimisation and the Lightning trainer (GRF public recipe as defaults)."""
 
@@ -232,6 +239,14 @@ class TrainConfig(_Strict):
     )
     monitor: str = "valid/MAE"
     monitor_mode: Literal["min", "max"] = "min"
+    loggers: list[LoggerName] = Field(
+        default_factory=_csv_only,
+        description="where training logs go: csv (logs/, always written), tensorboard (tensorboard/), "
+        "mlflow (mlflow_tracking_uri); each gets the run config and the final test metrics",
+    )
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="mlflow logger: the tracking store (default: the file store RUN/mlruns)"
+    )
 
 
 class RunConfig(_Strict):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from gpfuse.inference.saved_run import SavedRun
 
-__all__ = ["SPEC_BUILDERS", "BatchGraph", "GraphSpec", "SpecBuilder", "register_spec"]
+__all__ = ["IMAGE_ONLY_SPEC_BUILDERS", "SPEC_BUILDERS", "BatchGraph", "GraphSpec", "SpecBuilder", "register_spec"]
 
 
 class BatchGraph(nn.Module):
@@ -52,14 +52,17 @@ SpecBuilder = Callable[[SavedRun, Path, Sequence[Path] | None, int], GraphSpec]
 """(run, run folder, inputs to verify with or None, how many of the run's own to take) -> GraphSpec."""
 
 SPEC_BUILDERS: dict[str, SpecBuilder] = {}
+IMAGE_ONLY_SPEC_BUILDERS: dict[str, SpecBuilder] = {}
+"""Builders of the image-only export (just ``image``) of tasks whose full graph takes more (GPF-Net's reports)."""
 
 
-def register_spec(*tasks: str) -> Callable[[SpecBuilder], SpecBuilder]:
-    """Register the spec builder of one or more task kinds (``RunConfig.task``)."""
+def register_spec(*tasks: str, image_only: bool = False) -> Callable[[SpecBuilder], SpecBuilder]:
+    """Register the spec builder of one or more task kinds (``RunConfig.task``); ``image_only``: of their
+    image-only export (``export_onnx(image_only=True)``)."""
 
     def wrap(builder: SpecBuilder) -> SpecBuilder:
         for task in tasks:
-            SPEC_BUILDERS[task] = builder
+            (IMAGE_ONLY_SPEC_BUILDERS if image_only else SPEC_BUILDERS)[task] = builder
         return builder
 
     return wrap

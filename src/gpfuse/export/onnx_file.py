@@ -16,14 +16,22 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from gpfuse.export import image_graphs  # noqa: F401  (registers the image tasks' specs)
-from gpfuse.export.graph_spec import SPEC_BUILDERS, GraphSpec
+from gpfuse.export import (
+    image_graphs,  # noqa: F401  (registers the image tasks' specs)
+    sentiment_graphs,  # noqa: F401  (registers the sentiment task's spec)
+    volume_graphs,  # noqa: F401  (registers 3D segmentation's spec)
+)
+from gpfuse.export.graph_spec import IMAGE_ONLY_SPEC_BUILDERS, SPEC_BUILDERS, GraphSpec
 from gpfuse.inference.saved_run import SavedRun
 from gpfuse.utils.files import atomic_path
+
+if TYPE_CHECKING:
+    import onnx_ir as ir
 
 __all__ = ["OnnxMismatchError", "export_onnx", "exportable_tasks"]
 
@@ -85,7 +93,34 @@ def _export(spec: GraphSpec, tmp: Path, opset: int) -> None:
     )
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
+    _free_output_names(program.model.graph, spec.outputs)
     program.save(str(tmp))
+    _check_dynamic(tmp, spec)
+
+
+def _free_output_names(graph: ir.Graph, names: Sequence[str]) -> None:
+    """The exporter names values after their ops (``embedding`` for a token-embedding lookup): rename those that
+    carry an output's name without being that output, or the file defines the name twice (an invalid model)."""
+    outputs = {id(v) for v in graph.outputs}
+    for n, node in enumerate(graph.all_nodes()):
+        for value in node.outputs:
+            if value.name in names and id(value) not in outputs:
+                value.name = f"{value.name}_inner_{n}"
+
+
+def _check_dynamic(path: Path, spec: GraphSpec) -> None:
+    """torch.onnx.export falls back to a fixed-shape graph when the model fixes a dynamic axis (``len(x)``...):
+    refuse it rather than write a file that takes one batch size only."""
+    import onnx
+
+    shapes = {i.name: i.type.tensor_type.shape.dim for i in onnx.load(str(path), load_external_data=False).graph.input}
+    for name, axes in spec.dynamic.items():
+        for axis, dim in axes.items():
+            if shapes[name][axis].HasField("dim_value"):
+                raise RuntimeError(
+                    f"{path}: axis {axis} ({dim}) of input {name!r} came out fixed at {shapes[name][axis].dim_value}: "
+                    "the model's code specialises it (e.g. len(tensor) instead of tensor.shape[0])"
+                )
 
 
 def export_onnx(
@@ -95,6 +130,7 @@ def export_onnx(
     verify_with: Sequence[str | Path] | None = None,
     verify_count: int = 4,
     tolerance: float = 1e-4,
+    image_only: bool = False,
 ) -> Path:
     """Write the run's model as ONNX (default ``RUN_DIR/model.onnx``), verified with ONNX Runtime.
 
@@ -104,16 +140,18 @@ def export_onnx(
         verify_with: real inputs to verify on (images, volumes, ...); default: up to ``verify_count`` of the
             run's validation/test inputs that exist from the current directory.
         tolerance: the largest absolute output difference allowed between ONNX Runtime and torch.
+        image_only: export only the ``image`` input, what the model does without its other inputs (GPF-Net
+            with no report); the metadata's ``inputs`` lists the file's inputs either way.
 
     Raises:
-        NotImplementedError: a task kind without an export. OnnxMismatchError: the verification failed (the
-        file is not left behind).
+        NotImplementedError: a task kind without an export (or without an image-only one). OnnxMismatchError:
+        the verification failed (the file is not left behind). RuntimeError: a dynamic axis came out fixed.
     """
     import onnx
 
     run_dir = Path(run_dir)
     run = SavedRun.read(run_dir)
-    builder = SPEC_BUILDERS.get(run.config.task)
+    builder = (image_only and IMAGE_ONLY_SPEC_BUILDERS.get(run.config.task)) or SPEC_BUILDERS.get(run.config.task)
     if builder is None:
         raise NotImplementedError(
             f"{run_dir}: ONNX export of {run.config.task!r} runs is not implemented "
@@ -121,10 +159,15 @@ def export_onnx(
         )
     out = Path(out) if out is not None else run_dir / "model.onnx"
     spec = builder(run, run_dir, [Path(p) for p in verify_with] if verify_with else None, verify_count)
+    if image_only and list(spec.inputs) != ["image"]:
+        raise NotImplementedError(
+            f"{run_dir}: {run.config.task!r} runs have no image-only export (their inputs: {', '.join(spec.inputs)})"
+        )
     spec.graph.eval()
     meta = {
         "gpfuse_task": run.config.task,
         "gpfuse_model": json.dumps(run.model.gpfuse_config),
+        "inputs": json.dumps(list(spec.inputs)),
         **spec.meta,
     }
     with atomic_path(out) as tmp:

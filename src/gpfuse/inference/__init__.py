@@ -18,13 +18,16 @@ from pathlib import Path
 
 import torch
 
+from gpfuse.inference.onnx_model import OnnxModel
 from gpfuse.inference.reid import ReIDPredictor
-from gpfuse.inference.saved_run import SavedRun
+from gpfuse.inference.saved_run import Engine, SavedRun
 from gpfuse.inference.segmentation import SegmentationPredictor, SegmentationResult
 from gpfuse.inference.sentiment import SentimentPredictor
 from gpfuse.inference.volumes import VolumePredictor
 
 __all__ = [
+    "Engine",
+    "OnnxModel",
     "Predictor",
     "ReIDPredictor",
     "SavedRun",
@@ -45,13 +48,21 @@ _PREDICTORS = {
 }
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-    """The predictor of the run (or saved model folder) at ``path``, on ``device``.
+def load(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    engine: Engine = "torch",
+    onnx_file: str | Path | None = None,
+) -> Predictor:
+    """The predictor of the run (or saved model folder) at ``path``, on ``device``; with
+    ``engine="onnxruntime"`` its model is the run's ONNX file (``onnx_file``, default ``path/model.onnx`` of
+    ``gpfuse export``) run by ONNX Runtime on the CPU, behind the same predictor.
 
     >>> import gpfuse
     >>> seg = gpfuse.load("runs/ea_dk_kvasir/seed_42")          # doctest: +SKIP
     >>> seg.predict("frame.jpg").mask.shape                      # doctest: +SKIP
     (576, 720)
+    >>> seg = gpfuse.load("runs/ea_dk_kvasir/seed_42", engine="onnxruntime")   # doctest: +SKIP
     """
-    run = SavedRun.read(path, device)
+    run = SavedRun.read(path, device, engine, onnx_file)
     return _PREDICTORS[run.config.task](run)

@@ -4,23 +4,34 @@ A run's ``model/`` folder is self-contained: beside ``config.json`` + ``model.sa
 ``gpfuse_run.yaml`` (the run's resolved config) and ``data_stats.json`` (standardisation, class names and
 prompts, split sizes), so a model folder copied anywhere predicts with the run's own preprocessing. Folders of
 earlier runs (without those two files) are read from the run folder around them.
+
+With ``engine="onnxruntime"`` the model is the run's ONNX file (``gpfuse export``, default ``RUN_DIR/model.onnx``)
+run by ONNX Runtime (:class:`~gpfuse.inference.onnx_model.OnnxModel`), checked to hold the run's own model.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 import yaml
 from torch import nn
 
 from gpfuse.config import ConfigError, RunConfig, validate_config
+from gpfuse.inference.onnx_model import OnnxModel
 from gpfuse.models import load_pretrained
 from gpfuse.utils.files import read_json
 
-__all__ = ["RUN_CONFIG", "RUN_STATS", "SavedRun"]
+if TYPE_CHECKING:
+    from gpfuse.models.io import PretrainedMixin
+
+__all__ = ["ENGINES", "RUN_CONFIG", "RUN_STATS", "Engine", "SavedRun"]
+
+Engine = Literal["torch", "onnxruntime"]
+ENGINES: tuple[Engine, ...] = ("torch", "onnxruntime")
 
 RUN_CONFIG, RUN_STATS = "gpfuse_run.yaml", "data_stats.json"
 
@@ -40,6 +51,24 @@ def _first(*paths: Path) -> Path | None:
     return next((p for p in paths if p.is_file()), None)
 
 
+def _onnx_model(run_path: Path, folder: Path, onnx_file: str | Path | None, device: str | torch.device) -> OnnxModel:
+    """The run's ONNX file as a model, after checking that it holds the model saved in ``folder``."""
+    if torch.device(device).type != "cpu":
+        raise ValueError(f"device {str(device)!r}: the onnxruntime engine runs on the CPU (device='cpu')")
+    path = Path(onnx_file) if onnx_file is not None else run_path / "model.onnx"
+    if onnx_file is None and not path.is_file():
+        raise FileNotFoundError(f"{path}: no ONNX file; run `gpfuse export {run_path}` first to write it")
+    model = OnnxModel(path)
+    config_path = _first(folder / "config.json", folder / "model.json")  # _model_folder: one of them is there
+    saved = read_json(config_path) if config_path else None
+    if not isinstance(saved, dict) or model.gpfuse_config != {k: saved.get(k) for k in ("name", "options")}:
+        raise ValueError(
+            f"{path} holds another model than the run's ({config_path}): a file of another run or of an earlier "
+            f"model; export this run again (gpfuse export {run_path})"
+        )
+    return model.eval()
+
+
 @dataclass
 class SavedRun:
     """A run's config, data statistics and model (in eval mode, on ``device``)."""
@@ -47,10 +76,22 @@ class SavedRun:
     folder: Path
     config: RunConfig
     stats: dict[str, Any]
-    model: nn.Module
+    model: nn.Module  # the torch model, or an OnnxModel
 
     @classmethod
-    def read(cls, path: str | Path, device: str | torch.device = "cpu") -> SavedRun:
+    def read(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        engine: Engine = "torch",
+        onnx_file: str | Path | None = None,
+    ) -> SavedRun:
+        """The run (or saved model folder) at ``path``; its model run by ``engine``: torch on ``device``, or
+        ONNX Runtime on the CPU with ``onnx_file`` (default ``path/model.onnx``)."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: choose one of {', '.join(ENGINES)}")
+        if engine == "torch" and onnx_file is not None:
+            raise ValueError(f"onnx_file {str(onnx_file)!r} is read by the onnxruntime engine only")
         folder = _model_folder(Path(path))
         config_path = _first(folder / RUN_CONFIG, folder.parent / "config.yaml")
         if config_path is None:
@@ -64,9 +105,25 @@ class SavedRun:
         config = validate_config(raw, str(config_path))
         stats_path = _first(folder / RUN_STATS, folder.parent / RUN_STATS)
         stats = read_json(stats_path) if stats_path else {}
-        model = load_pretrained(folder, expected_name=config.model["name"]).to(device).eval()
+        if engine == "onnxruntime":
+            model: nn.Module = _onnx_model(Path(path), folder, onnx_file, device)
+        else:
+            model = load_pretrained(folder, expected_name=config.model["name"]).to(device).eval()
         return cls(folder, config, stats or {}, model)
 
     @property
     def device(self) -> torch.device:
+        """Where the model's inputs go (the CPU for ONNX Runtime)."""
+        if isinstance(self.model, OnnxModel):
+            return self.model.device
         return next(self.model.parameters()).device
+
+    def model_option(self, key: str) -> Any:
+        """Option ``key`` the model was built with (its saved config), else its constructor's default: the same
+        for the torch model and an ONNX file."""
+        from gpfuse.models import MODELS
+
+        config = cast("PretrainedMixin", self.model).gpfuse_config  # a torch model of create_model, or an OnnxModel
+        if key in config["options"]:
+            return config["options"][key]
+        return inspect.signature(MODELS[config["name"]]).parameters[key].default

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from monai.data import MetaTensor
 
     from gpfuse.config import VolumeDataConfig
-    from gpfuse.models.bipvl_seg import BiPVLSeg
 
 __all__ = ["VolumePredictor", "affine_of", "original_grid_labels", "sliding_window_logits", "voxel_spacing"]
 
@@ -97,7 +96,7 @@ class VolumePredictor:
         )
         labels = run.stats.get("labels", {})
         self.class_names = [labels[str(i)] for i in range(len(labels))] if labels else []
-        self.in_channels = cast("BiPVLSeg", run.model).vision.swinViT.patch_embed.proj.in_channels
+        self.in_channels = int(run.model_option("in_channels"))
 
     @torch.no_grad()
     def predict(self, volume: str | Path | np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:

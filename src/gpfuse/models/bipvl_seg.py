@@ -162,19 +162,30 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
             self.vision_proj = nn.Linear(widths[-1], align_dim)
             self.text_proj = nn.Linear(text_width, align_dim)
 
-    def _encode(self, image: Tensor) -> tuple[list[Tensor], Tensor, Tensor | None]:
+    def prompt_prefix(self) -> Tensor:
+        """(P, L, H): the class prompts through text stages 0 and 1, the part of the text path no image reaches
+        (the first fusion comes after stage 1); the same for every image, so inference may compute it once and
+        pass it to :meth:`forward`. Later text stages read the fused, image-dependent [CLS] states."""
+        if self.text_encoder is None:
+            raise ValueError("this BiPVL-Seg was built without text (text=False): it has no prompts")
+        states = self.text_encoder.stage(0, mask=self.prompt_mask, ids=self.prompt_ids)
+        return self.text_encoder.stage(1, states, self.prompt_mask)
+
+    def _encode(self, image: Tensor, prefix: Tensor | None = None) -> tuple[list[Tensor], Tensor, Tensor | None]:
         """The Swin stages with a BiFusion after each: the hidden states the decoder reads (as ``SwinTransformer``
         returns them: pre-fusion skips, the fused stage 4 as bottleneck), the fused bottleneck features, and the
-        final prompt states (B * P, L, H) or None."""
-        vit, batch = self.vision.swinViT, len(image)
+        final prompt states (B * P, L, H) or None. ``prefix``: :meth:`prompt_prefix`, else computed here."""
+        vit, batch = self.vision.swinViT, image.shape[0]  # not len(): export keeps the batch dynamic
         x = vit.pos_drop(vit.patch_embed(image))
         hidden = [vit.proj_out(x, self.vision.normalize)]
         text, fusions = self.text_encoder, self.bifusion
         prompt_states = mask = None
         if text is not None:
-            ids = self.prompt_ids.repeat(batch, 1)
             mask = self.prompt_mask.repeat(batch, 1)
-            prompt_states = text.stage(0, mask=mask, ids=ids)
+            if prefix is None:
+                prompt_states = text.stage(0, mask=mask, ids=self.prompt_ids.repeat(batch, 1))
+            else:
+                prompt_states = prefix.repeat(batch, 1, 1)  # already through stage 1
         for s in range(4):
             if vit.use_v2:
                 x = getattr(vit, f"layers{s + 1}c")[0](x.contiguous())
@@ -182,7 +193,8 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
             if s < 3:
                 hidden.append(vit.proj_out(x, self.vision.normalize))  # a skip: pre-fusion
             if text is not None and fusions is not None and prompt_states is not None:
-                prompt_states = text.stage(s + 1, prompt_states, mask)
+                if s > 0 or prefix is None:
+                    prompt_states = text.stage(s + 1, prompt_states, mask)
                 x, cls = fusions[s](x, prompt_states[:, 0].view(batch, -1, prompt_states.shape[-1]))
                 prompt_states = torch.cat([cls.flatten(0, 1).unsqueeze(1), prompt_states[:, 1:]], dim=1)
         hidden.append(vit.proj_out(x, self.vision.normalize))  # the bottleneck: fused
@@ -196,11 +208,13 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
         dec0 = v.decoder2(v.decoder3(v.decoder4(dec3, enc3), enc2), enc1)
         return v.out(v.decoder1(dec0, enc0))
 
-    def forward(self, batch: dict[str, Tensor]) -> BiPVLSegOutput:
+    def forward(self, batch: dict[str, Tensor], prompt_prefix: Tensor | None = None) -> BiPVLSegOutput:
+        """``prompt_prefix``: :meth:`prompt_prefix`, computed once (the same output, without the text encoder's
+        first stages); None computes it."""
         image = batch["image"]
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             self.vision._check_input_size(image.shape[2:])  # MONAI's message: sides divisible by 32
-        hidden, bottleneck, prompt_states = self._encode(image)
+        hidden, bottleneck, prompt_states = self._encode(image, prompt_prefix)
         logits = self._decode(image, hidden)
         if not self.alignment or prompt_states is None:  # alignment=True is refused without text
             return BiPVLSegOutput(logits)
@@ -209,6 +223,6 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
         weights = class_logits.softmax(-1)
         prototypes = torch.einsum("bnc,bnd->bcd", weights, tokens) / weights.sum(1).unsqueeze(-1).clamp_min(1e-6)
         prompts = self.text_proj(prompt_states[:, 0]).view(
-            len(image), -1, self.prompts_per_class, self.text_proj.out_features
+            image.shape[0], -1, self.prompts_per_class, self.text_proj.out_features
         )
         return BiPVLSegOutput(logits, class_logits, self.vision_proj(prototypes), prompts[:, :, 0], prompts[:, :, 1:])

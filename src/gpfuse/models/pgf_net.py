@@ -135,12 +135,12 @@ class PGFNet(PretrainedMixin, nn.Module):
         present = [m for m in self.modalities if m in batch]
         if not present:
             return None
-        size = len(batch["text_ids"])
+        size = batch["text_ids"].shape[0]  # not len(): an int, which would fix the batch size of an export
         masks = []
         for m in present:
             x = batch[m]
             mask = batch.get(f"{m}_mask", torch.ones(x.shape[:2], dtype=torch.bool, device=x.device))
-            if x.dim() != 3 or len(x) != size or tuple(mask.shape) != tuple(x.shape[:2]):
+            if x.dim() != 3 or x.shape[0] != size or tuple(mask.shape) != tuple(x.shape[:2]):
                 raise ValueError(
                     f"{m}: features {tuple(x.shape)} and mask {tuple(mask.shape)} must be (B={size}, L) "
                     f"and (B, L, D) with the same B and L as each other and B as the text"

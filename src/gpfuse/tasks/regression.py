@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -41,6 +42,8 @@ class RegressionTask(L.LightningModule):
         self.model = model
         self.criterion = F.l1_loss if loss == "l1" else F.mse_loss
         self._collector: SampleCollector | None = None
+        #: after a test: ``{"test": {"index", "score", "label"}}``, each (N,) (per-utterance predictions)
+        self.test_samples: dict[str, dict[str, np.ndarray]] = {}
 
     def forward(self, batch: dict[str, Tensor]) -> RegressionOutput:
         return self.model(batch)
@@ -79,6 +82,8 @@ class RegressionTask(L.LightningModule):
             raise RuntimeError(f"{stage}: no batch was scored (an empty split?)")
         whole = {k: v.cpu() for k, v in self._collector.compute().items()}
         self._collector = None
+        if stage == "test":
+            self.test_samples = {"test": {k: whole[k].numpy() for k in ("index", "score", "label")}}
         aux = whole.get("aux")
         self.log(f"{stage}/loss", self._loss(RegressionOutput(whole["score"], aux), whole["label"]))
         for key, value in mosi_regression_metrics(whole["score"], whole["label"]).items():

@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Protocol, cast
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gpfuse.losses import batch_hard_triplet_loss
 from gpfuse.metrics.re_ranking import re_ranking
-from gpfuse.metrics.reid import evaluate_features, evaluate_rank
+from gpfuse.metrics.reid import compute_distance_matrix, evaluate_features, evaluate_rank
 from gpfuse.tasks.gather import SampleCollector, gate_moments, pooled_mean_std
 from gpfuse.tasks.schedules import per_step_schedule
 
@@ -74,6 +75,9 @@ class RetrievalTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.model = model
         self._eval: list[SampleCollector | None] = [None, None]
+        #: after a test: ``{"test": {...}}``: the query and gallery ``*_index``, ``*_pid``, ``*_camid`` and
+        #: the own-protocol ``distances`` (Nq, Ng) (what :func:`gpfuse.tasks.samples.write_samples` ranks)
+        self.test_samples: dict[str, dict[str, np.ndarray]] = {}
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch)
@@ -158,6 +162,18 @@ class RetrievalTask(L.LightningModule):
             with torch.no_grad():
                 query_distances = self._query_protocol_distances(query, gallery)
             results["query"] = evaluate_rank(query_distances.cpu().numpy(), *args, max_rank=max_rank, ap=ap)
+        if stage == "test":
+            distances = compute_distance_matrix(query["embedding"], gallery["embedding"], self.hparams["metric"])
+            self.test_samples = {
+                "test": {
+                    "distances": distances.cpu().numpy(),
+                    **{
+                        f"{side}_{k}": v[k].cpu().numpy()
+                        for side, v in (("query", query), ("gallery", gallery))
+                        for k in ("index", "pid", "camid")
+                    },
+                }
+            }
         for protocol, (cmc, mAP, mINP) in results.items():
             figures = {
                 "mAP": mAP,

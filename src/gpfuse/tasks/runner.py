@@ -2,7 +2,9 @@
 
 A run folder (``<output_dir>/<name>/seed_<seed>/``) holds: ``config.yaml`` (resolved), ``command.txt``,
 ``splits/{train,valid,test}.txt``, ``data_stats.json``, ``checkpoints/{best,last}.ckpt``,
-``logs/attempt_<n>/metrics.csv`` (one per start or resume), ``metrics.json``, ``loss.png``, ``gates.png``
+``logs/attempt_<n>/metrics.csv`` (one per start or resume), ``metrics.json``, ``samples/`` (per-sample test
+results, :mod:`gpfuse.tasks.samples`), ``loss.png``, ``gates.png``,
+``tensorboard/`` and ``mlruns/`` when ``train.loggers`` asks for them (:mod:`gpfuse.tasks.loggers`)
 and the final weights in ``model/`` (``config.json`` + ``model.safetensors``, with the run's config and data
 statistics beside them, so that the folder alone predicts). Lightning writes checkpoints atomically; gpfuse
 writes everything else through a temporary file and a rename.
@@ -31,13 +33,15 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from gpfuse.config import ConfigError, RunConfig, apply_overrides, dump_config, validate_config
 from gpfuse.data.synthetic_marker import generated_roots
-from gpfuse.inference.saved_run import RUN_CONFIG, RUN_STATS
+from gpfuse.inference.saved_run import RUN_CONFIG, RUN_STATS, Engine
 from gpfuse.models import create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
 from gpfuse.tasks.finite_loss import FiniteLoss
 from gpfuse.tasks.kinds import TASK_KINDS, TaskData, at_data
+from gpfuse.tasks.loggers import add_loggers, log_test_metrics
 from gpfuse.tasks.plots import plot_run
 from gpfuse.tasks.resume import RandomStateCheckpoint, check_checkpoint
+from gpfuse.tasks.samples import write_samples
 from gpfuse.utils.files import atomic_path, atomic_write_text, read_json
 
 __all__ = [
@@ -254,6 +258,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     last = _check_resumable(run_dir, config, resume, main)
     if main:
         _writable_folder(run_dir)
+        add_loggers(trainer, config, run_dir)
     L.seed_everything(t.seed, workers=True)
     kind = TASK_KINDS[config.task]
     data = kind.data(config, None, None)
@@ -289,8 +294,10 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     if main:
         _save_model_folder(model, config, run_dir)
         kind.figures(model, data, run_dir)
+        write_samples(config.task, task, data, run_dir)
         atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2))
         plot_run(run_dir / "logs", run_dir)
+        log_test_metrics(trainer, config, test)
     return metrics
 
 
@@ -443,24 +450,37 @@ def evaluate(
     if not trainer.is_global_zero:
         return {**result, "figures": []}
     result["figures"] = [] if data_root is not None else [str(p) for p in kind.figures(model, data, run_dir)]
+    if data_root is None:
+        write_samples(config.task, task, data, run_dir)
     atomic_write_text(path, json.dumps({**saved, **result}, indent=2))
     return result
 
 
 def predict(
-    run_dir: str | Path, data_root: str | Path, out: str | Path, save_probabilities: bool = False
+    run_dir: str | Path,
+    data_root: str | Path,
+    out: str | Path,
+    save_probabilities: bool = False,
+    engine: Engine = "torch",
+    onnx_file: str | Path | None = None,
 ) -> Path | None:
     """Apply a run's saved model to the data under ``data_root`` and write ``out``, through the predictors of
     :mod:`gpfuse.inference` (what ``gpfuse.load`` gives): sentiment runs score every utterance (CSV
     ``id,split,score,label``) and re-identification runs rank the gallery for every test query (CSV
     ``query,rank,gallery,distance,same_id``, top 10), both on data in the run's layout; segmentation runs write
     masks, overlays (8-bit probability maps with ``save_probabilities``) and ``predictions.csv`` for a folder of
-    images, 3D runs a label volume and slices for each NIfTI file, into the folder ``out``.
+    images, 3D runs a label volume and slices for each NIfTI file, into the folder ``out``; a 2D segmentation
+    run given a video file writes the overlay video ``out`` and a per-frame CSV beside it
+    (:func:`gpfuse.inference.video.segment_video`).
+
+    ``engine="onnxruntime"``: the run's model is its ONNX file (``onnx_file``, default ``run_dir/model.onnx``
+    of ``gpfuse export``) run by ONNX Runtime on the CPU; the outputs are the same.
 
     Prediction runs in one process on one device, so that every sample is written exactly once; started
     by a multi-process launcher (torchrun, srun), the processes other than rank 0 do nothing and return None.
     """
-    from gpfuse.inference import load
+    from gpfuse.inference import SegmentationPredictor, load
+    from gpfuse.inference.video import check_video_request, segment_video
 
     if not is_main_process():
         return None
@@ -469,10 +489,12 @@ def predict(
         raise FileNotFoundError(f"nothing to predict on: {data_root} does not exist")
     config = load_run_config(run_dir)
     kind = TASK_KINDS[config.task]
-    _check_output(out, folder=kind.predicts_into_folder)  # before the long work
-    predictor = load(
-        run_dir, "cuda" if torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda") else "cpu"
-    )
+    video = check_video_request(config.task, data_root, out)
+    _check_output(out, folder=kind.predicts_into_folder and not video)  # before the long work
+    gpu = engine == "torch" and torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda")
+    predictor = load(run_dir, "cuda" if gpu else "cpu", engine, onnx_file)
+    if video:  # a 2D segmentation run on a video file: an overlay video + per-frame CSV
+        return segment_video(cast(SegmentationPredictor, predictor), data_root, out).video
     return kind.predict(predictor, config, data_root, out, save_probabilities)
 
 

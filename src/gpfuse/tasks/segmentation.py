@@ -4,6 +4,7 @@ metric conventions at each image's own resolution, gate statistics, SGD + poly d
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 from torch import Tensor, nn
@@ -48,6 +49,9 @@ class SegmentationTask(L.LightningModule):
         self.model = model
         self.loss = DeepSupervisionLoss(DiceCELoss(sigmoid=True), weight_mode="same")
         self._collectors: list[SampleCollector] = []
+        #: after a test: per test set, ``index`` (N,) and ``record`` (N, 7): each image's Dice, IoU, Precision,
+        #: Recall, Sm, wFm, MAE (what :func:`gpfuse.tasks.samples.write_samples` writes)
+        self.test_samples: dict[str, dict[str, np.ndarray]] = {}
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch)
@@ -82,7 +86,7 @@ class SegmentationTask(L.LightningModule):
             batch["index"], record=torch.from_numpy(evaluator.records), gates=gates.double()
         )
 
-    def _log_whole(self, prefix: str, collector: SampleCollector, gates: bool) -> None:
+    def _log_whole(self, prefix: str, collector: SampleCollector, gates: bool) -> dict[str, Tensor]:
         whole = collector.compute()
         for key, value in polyp_scores(whole["record"].cpu().numpy()).items():
             self.log(f"{prefix}/{key}", value, prog_bar=key == "Dice" and prefix == "valid")
@@ -90,6 +94,7 @@ class SegmentationTask(L.LightningModule):
             for i, (kernel, region) in enumerate(whole["gates"].mean(0).tolist()):
                 self.log(f"gate/step{i}_kernel", kernel)
                 self.log(f"gate/step{i}_region", region)
+        return whole
 
     def on_validation_epoch_start(self) -> None:
         self._start(1)
@@ -107,9 +112,14 @@ class SegmentationTask(L.LightningModule):
         self._score(batch, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
+        self.test_samples = {}
         for name, collector in zip(self.hparams["test_names"], self._collectors):
             if collector.update_count:
-                self._log_whole(f"test/{name}", collector, gates=False)
+                whole = self._log_whole(f"test/{name}", collector, gates=False)
+                self.test_samples[name] = {
+                    "index": whole["index"].cpu().numpy(),
+                    "record": whole["record"][:, :7].cpu().numpy(),
+                }
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -7,6 +7,7 @@ import re
 from typing import cast
 
 import lightning as L
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.losses import DiceCELoss
@@ -66,6 +67,9 @@ class Segmentation3DTask(L.LightningModule):
         self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.weighting = UncertaintyWeighting(3) if getattr(model, "alignment", False) else None
         self._cases: SampleCollector | None = None
+        #: after a test: ``{"test": {"index": (N,), "case": (N, 3 (C - 1) + 3)}}``: each volume's Dice, HD95 and
+        #: NSD per foreground class, then its mean Dice, HD95, NSD
+        self.test_samples: dict[str, dict[str, np.ndarray]] = {}
 
     def forward(self, batch: dict[str, Tensor]):
         return self.model(batch)
@@ -137,8 +141,12 @@ class Segmentation3DTask(L.LightningModule):
     def _log_cases(self, stage: str) -> None:
         if self._cases is None:
             raise RuntimeError(f"{stage}: no volume was scored (an empty split?)")
-        rows = self._cases.compute()["case"].cpu().numpy()
+        whole = self._cases.compute()
+        rows = whole["case"].cpu().numpy()
         self._cases = None
+        if stage == "test":
+            index = whole["index"].cpu().numpy().reshape(-1)  # one case: the gathered index comes back 0-d
+            self.test_samples = {"test": {"index": index, "case": rows.reshape(len(index), -1)}}
         k = len(self.hparams["class_names"]) - 1
         cases = [
             {

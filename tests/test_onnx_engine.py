@@ -1,0 +1,276 @@
+"""Prediction with ONNX Runtime (``gpfuse predict --engine onnxruntime``, ``gpfuse.load(..., engine=...)``): the
+run's exported file behind the same predictors gives what the torch model gives, for each task kind; a missing
+file, a file of another model and a batch that does not fit the graph are named."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import gpfuse
+from conftest import colo_pair_data, polyp_folder_data, run_gpfuse
+from gpfuse.config import validate_config
+from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
+from gpfuse.export import exportable_tasks
+from gpfuse.inference import OnnxModel
+from gpfuse.tasks.runner import run_dir_for, train
+
+pytestmark = pytest.mark.slow
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _exportable(task: str) -> None:
+    if task not in exportable_tasks():
+        pytest.skip(f"no ONNX export of {task!r} runs yet (exportable: {', '.join(exportable_tasks())})")
+
+
+def _export(run: Path) -> Path:
+    code, output = run_gpfuse("export", run)
+    assert code == 0, output
+    return run / "model.onnx"
+
+
+def _predict_both(run: Path, data: Path, out: Path, *extra: str) -> tuple[Path, Path]:
+    """``gpfuse predict`` with torch, then with ONNX Runtime: the two outputs."""
+    suffix = out.suffix
+    paths = out.with_name(f"{out.stem}_torch{suffix}"), out.with_name(f"{out.stem}_onnx{suffix}")
+    for path, engine in zip(paths, ("torch", "onnxruntime"), strict=True):
+        code, output = run_gpfuse("predict", run, data, "--out", path, "--engine", engine, *extra)
+        assert code == 0, output
+    return paths
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    with contextlib.chdir(tmp_path_factory.mktemp("onnx_seg")):
+        polyps = write_synthetic_polyp_folder(Path("data/polyps"), n_images=12, size=40)
+        cfg = validate_config(
+            {
+                "name": "ea_dk",
+                "output_dir": "runs",
+                "data": polyp_folder_data(polyps),
+                # ImageNet weights: a random-init encoder gives near-constant logits, and the masks compared below
+                # would tie
+                "model": {
+                    "name": "ea_dk",
+                    "encoder": "efficientnet_lite0",
+                    "encoder_weights": "imagenet",
+                    "channels": 8,
+                },
+                "train": {"max_epochs": 1, "seed": 42, "monitor": "valid/Dice", "monitor_mode": "max"},
+            },
+            "test",
+        )
+        train(cfg)
+        run = run_dir_for(cfg).resolve()
+        _export(run)
+        yield run, polyps.resolve()
+
+
+@pytest.fixture(scope="module")
+def reid_run(tmp_path_factory):
+    from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
+
+    tmp = tmp_path_factory.mktemp("onnx_reid")
+    colo = write_synthetic_colo_pair(tmp / "colo", n_videos=6, frames_per_view=2, size=48)
+    cfg = validate_config(
+        {
+            "name": "gpf",
+            "output_dir": str(tmp / "runs"),
+            "data": colo_pair_data(colo),
+            "model": {
+                "name": "gpf_net",
+                "image_encoder": "efficientnet_lite0",
+                "image_weights": "imagenet",
+                "text_model": None,
+                "dim": 16,
+                "num_fusion_layers": 1,
+                "fusion_heads": 2,
+                "fusion_ffn": 16,
+                "final_layers": 1,
+                "final_heads": 2,
+                "final_ffn": 16,
+            },
+            # ImageNet weights and a near-zero rate: distinct embeddings (see tests/test_export.py), so rankings
+            # are not decided by ties
+            "train": {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"},
+        },
+        "test",
+    )
+    train(cfg)
+    run = run_dir_for(cfg)
+    frames = sorted(colo.rglob("*.jpg"))
+    code, output = run_gpfuse("export", run, *[a for p in frames[:3] for a in ("--verify-with", p)])
+    assert code == 0, output
+    return run, colo
+
+
+# ---- agreement, one test per task kind ----------------------------------------------------------------------
+
+
+def test_segmentation_masks_agree(seg_run, tmp_path):
+    run, polyps = seg_run
+    images = sorted((polyps / "images").iterdir())
+    torch_seg, onnx_seg = gpfuse.load(run), gpfuse.load(run, engine="onnxruntime")
+    assert isinstance(onnx_seg.run.model, OnnxModel) and onnx_seg.run.device == torch.device("cpu")
+    p_torch, p_onnx = torch_seg.probabilities(images), onnx_seg.probabilities(images)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(p_torch, p_onnx, strict=True)) < 1e-4
+    # a one-epoch model's masks may be all or nothing at its threshold: cut at the median probability as well
+    cut = float(np.median(np.concatenate([p.ravel() for p in p_torch])))
+    m_torch, m_onnx = (np.concatenate([(p > cut).ravel() for p in ps]) for ps in (p_torch, p_onnx))
+    assert 0 < m_torch.sum() < m_torch.size and _dice(m_torch, m_onnx) >= 0.999
+    # the CLI writes the same masks at the run's threshold
+    out_torch, out_onnx = _predict_both(run, polyps, tmp_path / "pred", "--save-probabilities")
+    for image in images:
+        name = f"{image.stem}.png"
+        a, b = (np.asarray(Image.open(o / "masks" / name)) > 0 for o in (out_torch, out_onnx))
+        assert (a == b).mean() >= 0.999
+        pa, pb = (np.asarray(Image.open(o / "probabilities" / name), np.int16) for o in (out_torch, out_onnx))
+        assert np.abs(pa - pb).max() <= 1
+
+
+def _top10(path: Path) -> dict[str, list[str]]:
+    ranks: dict[str, list[str]] = {}
+    for row in csv.DictReader(path.open()):
+        ranks.setdefault(row["query"], []).append(row["gallery"])
+    return ranks
+
+
+def test_reid_rankings_agree(reid_run, tmp_path):
+    run, colo = reid_run
+    torch_csv, onnx_csv = _predict_both(run, colo, tmp_path / "ranks.csv")
+    ranks_torch, ranks_onnx = _top10(torch_csv), _top10(onnx_csv)
+    assert ranks_torch and all(1 < len(r) <= 10 for r in ranks_torch.values())
+    assert ranks_onnx == ranks_torch
+    # through Python: one frame per polyp (no near-ties), raw embeddings and the same top-10 order
+    per_video = list({p.parent.parent: p for p in sorted(colo.rglob("*.jpg"))}.values())
+    torch_reid, onnx_reid = gpfuse.load(run), gpfuse.load(run, engine="onnxruntime")
+    order_torch, dist_torch = torch_reid.rank(per_video[:2], per_video, top_k=10)
+    order_onnx, dist_onnx = onnx_reid.rank(per_video[:2], per_video, top_k=10)
+    assert np.diff(dist_torch, axis=1).min() > 1e-4  # distinct distances: the order below means something
+    assert (order_onnx == order_torch).all() and np.abs(dist_onnx - dist_torch).max() < 1e-4
+
+
+def test_sentiment_scores_agree(tmp_path):
+    _exportable("regression")
+    from gpfuse.data.synthetic import write_synthetic_mosi
+
+    mosi = write_synthetic_mosi(tmp_path / "mosi", n_videos=10, segments_per_video=4)
+    cfg = validate_config(
+        {
+            "name": "tiny_grf",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {"source": "mosi", "root": str(mosi), "batch_size": 8, "max_len": {"text": 24, "audio": 1}},
+            "model": {"name": "grf", "order": ["text", "audio"], "d_model": 16, "num_heads": 2, "num_layers": 1},
+            "train": {"max_epochs": 1, "warmup_epochs": 0, "accelerator": "cpu"},
+        },
+        "test",
+    )
+    train(cfg)
+    run = run_dir_for(cfg)
+    _export(run)
+    torch_csv, onnx_csv = _predict_both(run, mosi, tmp_path / "scores.csv")
+    rows_torch, rows_onnx = (list(csv.DictReader(p.open())) for p in (torch_csv, onnx_csv))
+    assert len(rows_torch) == 10 * 4 and [r["id"] for r in rows_onnx] == [r["id"] for r in rows_torch]
+    scores_torch, scores_onnx = (np.array([float(r["score"]) for r in rows]) for rows in (rows_torch, rows_onnx))
+    assert np.ptp(scores_torch) > 1e-3  # the scores vary: the comparison is not of constants
+    assert np.abs(scores_onnx - scores_torch).max() <= 1e-4
+
+
+def test_volume_labels_agree(tmp_path):
+    _exportable("segmentation3d")
+    from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
+
+    root = write_synthetic_decathlon(tmp_path / "dec", n_cases=4, shape=(32, 64, 32), num_classes=3)
+    cfg = validate_config(
+        {
+            "name": "tiny_bipvl",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {
+                "source": "decathlon",
+                "root": str(root),
+                "descriptions": str(root / "descriptions.csv"),
+                "val_cases": 1,
+                "test_cases": 1,
+                "roi_size": [32, 64, 32],
+                "samples_per_volume": 1,
+                "crop_foreground": False,
+                "sw_batch_size": 1,
+            },
+            "model": {"name": "bipvl_seg", "feature_size": 12, "fusion_heads": 4, "fusion_mlp": 32, "max_text_len": 16},
+            "train": {
+                "max_epochs": 1,
+                "lr": 1e-3,
+                "warmup_epochs": 0,
+                "accelerator": "cpu",
+                "monitor": "valid/mean_dice",
+                "monitor_mode": "max",
+            },
+        },
+        "test",
+    )
+    train(cfg)
+    run = run_dir_for(cfg)
+    _export(run)
+    case = root / "imagesTr" / "case_003.nii.gz"
+    out_torch, out_onnx = _predict_both(run, case, tmp_path / "pred")
+    torch_labels, onnx_labels = (np.asarray(nib.load(o / "case_003_seg.nii.gz").dataobj) for o in (out_torch, out_onnx))
+    assert torch_labels.shape == nib.load(case).shape
+    assert len(np.unique(torch_labels)) > 1  # not one class everywhere: the agreement below means something
+    assert (torch_labels == onnx_labels).mean() >= 0.999
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_file_says_to_export(seg_run, tmp_path):
+    run, polyps = seg_run
+    with pytest.raises(FileNotFoundError, match=r"no ONNX file; run `gpfuse export"):
+        gpfuse.load(run / "model", engine="onnxruntime")  # the model folder holds no model.onnx
+    code, output = run_gpfuse(
+        "predict", run, polyps, "--out", tmp_path / "p", "--engine", "onnxruntime", "--onnx", tmp_path / "no.onnx"
+    )
+    assert code == 2 and f"{tmp_path / 'no.onnx'}: no such ONNX file" in output
+    code, output = run_gpfuse("predict", run, polyps, "--out", tmp_path / "p", "--engine", "tensorrt")
+    assert code == 2 and "engine 'tensorrt': choose one of torch, onnxruntime" in output
+
+
+def test_a_file_of_another_runs_model_is_refused(seg_run, reid_run, tmp_path):
+    run, polyps = seg_run
+    other = reid_run[0] / "model.onnx"
+    with pytest.raises(ValueError, match=r"holds another model than the run's .*config.json"):
+        gpfuse.load(run, engine="onnxruntime", onnx_file=other)
+    code, output = run_gpfuse(
+        "predict", run, polyps, "--out", tmp_path / "p", "--engine", "onnxruntime", "--onnx", other
+    )
+    assert code == 2 and "holds another model than the run's" in output
+
+
+def test_a_batch_that_does_not_fit_the_graph_is_named(reid_run):
+    path = reid_run[0] / "model.onnx"
+    model = OnnxModel(path, threads=1)
+    assert model.gpfuse_config["name"] == "gpf_net" and model.metadata["gpfuse_task"] == "retrieval"
+    image = torch.randn(2, 3, 48, 48)
+    assert model.eval()({"image": image}).embedding.shape == (2, 16)
+    tokens = {"text_ids": torch.ones(2, 4, dtype=torch.long), "text_mask": torch.ones(2, 4, dtype=torch.bool)}
+    with pytest.raises(
+        ValueError, match=rf"{re.escape(str(path))}: the ONNX graph takes no \['text_ids', 'text_mask'\]"
+    ):
+        model({"image": image, **tokens})  # report tokens to an image-only export
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: the ONNX graph needs \['image'\], not given"):
+        model(tokens)
+    with pytest.raises(AttributeError, match="the ONNX graph has no output 'logits'"):
+        _ = model({"image": image}).logits
