@@ -82,6 +82,23 @@ def test_eval_batch_independence_and_the_bank_matters(model):
     assert text_only.gates == [] and text_only.score.shape == (3,)  # no bank: the layers run unfused
 
 
+def test_a_deep_copy_fuses_with_its_own_steps(model):
+    import copy
+
+    model.eval()
+    batch = _batch()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        before = model(batch).score
+        torch.testing.assert_close(twin(batch).score, before)
+        for p in twin.fusion.parameters():
+            p.add_(0.5)  # the copy's fusion steps only
+        changed = twin(batch)
+        assert len(changed.gates) == len(model(batch).gates) > 0  # the copy's hooks record into the copy
+        assert not torch.allclose(changed.score, before, atol=1e-3)
+        torch.testing.assert_close(model(batch).score, before)
+
+
 def test_fusion_runs_after_the_backbone_layers_from_l0():
     """Hooks, not copies: on a 6-layer MiniLM with L0 = 6 (of 12), layers 0-2 give the plain backbone's states
     and every layer from 3 on is followed by fusion step ``i - 3``, as a plain backbone with those steps

@@ -114,21 +114,10 @@ class PGFNet(PretrainedMixin, nn.Module):
             ),
         )
         for index, layer in enumerate(layers[self.start :]):
-            layer.register_forward_hook(self._fusion_hook(index))
+            layer.register_forward_hook(_FusionHook(self, index))
         self.head = regression_head(hidden, dropout)
         self._bank: tuple[Tensor, Tensor] | None = None
         self._gates: list[Tensor | None] = []
-
-    def _fusion_hook(self, index: int):
-        def hook(module: nn.Module, args: tuple, output):
-            if self._bank is None:
-                return output
-            states = output[0] if isinstance(output, tuple) else output
-            fused, gate = self.fusion.step(index, states, *self._bank)
-            self._gates.append(gate)
-            return (fused, *output[1:]) if isinstance(output, tuple) else fused
-
-        return hook
 
     def bank(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor] | None:
         """Projected audio/visual steps concatenated (B, sum L_m, D) with their mask, or None without any."""
@@ -158,3 +147,21 @@ class PGFNet(PretrainedMixin, nn.Module):
         finally:
             self._bank, self._gates = None, []
         return RegressionOutput(self.head(states[:, 0]).squeeze(-1), None, gates)
+
+
+class _FusionHook:
+    """The forward hook that runs fusion step ``index`` on a backbone layer's output (Fig. 1: after layer
+    ``fusion_start + index``). An object, not a closure: ``copy.deepcopy`` of the model copies it with the model,
+    so a copy (EMA, SWA, export) fuses with its own steps instead of the original's."""
+
+    def __init__(self, model: PGFNet, index: int) -> None:
+        self.model, self.index = model, index
+
+    def __call__(self, module: nn.Module, args: tuple, output):
+        model = self.model
+        if model._bank is None:
+            return output
+        states = output[0] if isinstance(output, tuple) else output
+        fused, gate = model.fusion.step(self.index, states, *model._bank)
+        model._gates.append(gate)
+        return (fused, *output[1:]) if isinstance(output, tuple) else fused
