@@ -105,3 +105,26 @@ def tiny_grf(**overrides) -> dict:
         "ffn_dim": 32,
         **overrides,
     }
+
+
+def tiny_gpf_net(**overrides) -> dict:
+    """The model section of a tiny GPF-Net (dim 16, one layer each) on ImageNet EfficientNet-Lite0: a random-init
+    encoder gives the same features for every image, which would leave rankings to ties."""
+    return {
+        "name": "gpf_net",
+        "image_encoder": "efficientnet_lite0",
+        "image_weights": "imagenet",
+        "text_model": None,
+        "dim": 16,
+        "num_fusion_layers": 1,
+        "fusion_heads": 2,
+        "fusion_ffn": 16,
+        "final_layers": 1,
+        "final_heads": 2,
+        "final_ffn": 16,
+        **overrides,
+    }
+
+
+# One epoch at a near-zero rate: at the usual rate one epoch collapses a tiny GPF-Net's embeddings onto one point
+STILL_REID_TRAIN = {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"}

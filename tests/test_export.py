@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import colo_pair_data, polyp_folder_data, run_gpfuse
+from conftest import STILL_REID_TRAIN, colo_pair_data, polyp_folder_data, run_gpfuse, tiny_gpf_net
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.export import OnnxMismatchError, export_onnx
@@ -94,23 +94,11 @@ def test_gpf_net_exports_image_only_embeddings_that_rank_as_torch(tmp_path):
             "name": "gpf",
             "output_dir": str(tmp_path / "runs"),
             "data": colo_pair_data(colo),
-            "model": {
-                "name": "gpf_net",
-                "image_encoder": "efficientnet_lite0",
-                "image_weights": "imagenet",
-                "text_model": None,
-                "dim": 16,
-                "num_fusion_layers": 1,
-                "fusion_heads": 2,
-                "fusion_ffn": 16,
-                "final_layers": 1,
-                "final_heads": 2,
-                "final_ffn": 16,
-            },
+            "model": tiny_gpf_net(),
             # ImageNet weights and a near-zero rate: a random-init EfficientNet gives the same features for every
             # image, and one epoch at the usual rate collapses this tiny model's embeddings onto one point; either
             # would leave the comparison below comparing ties
-            "train": {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"},
+            "train": STILL_REID_TRAIN,
         },
         "test",
     )

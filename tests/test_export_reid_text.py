@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import colo_pair_data, run_gpfuse
+from conftest import STILL_REID_TRAIN, colo_pair_data, run_gpfuse, tiny_gpf_net
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
 from gpfuse.export import export_onnx
@@ -34,22 +34,9 @@ def text_run(tmp_path_factory):
             "name": "gpf_text",
             "output_dir": str(folder / "runs"),
             "data": colo_pair_data(colo),
-            "model": {
-                "name": "gpf_net",
-                "image_encoder": "efficientnet_lite0",
-                "image_weights": "imagenet",
-                "text_model": "minilm",
-                "max_text_len": 16,
-                "dim": 16,
-                "num_fusion_layers": 1,
-                "fusion_heads": 2,
-                "fusion_ffn": 16,
-                "final_layers": 1,
-                "final_heads": 2,
-                "final_ffn": 16,
-            },
+            "model": tiny_gpf_net(text_model="minilm", max_text_len=16),
             # ImageNet weights and a near-zero rate, as in test_export.py: distinct, image-dependent features
-            "train": {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"},
+            "train": STILL_REID_TRAIN,
         },
         "test",
     )

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import colo_pair_data, polyp_folder_data, run_gpfuse
+from conftest import STILL_REID_TRAIN, colo_pair_data, polyp_folder_data, run_gpfuse, tiny_gpf_net
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.export import exportable_tasks
@@ -91,22 +91,10 @@ def reid_run(tmp_path_factory):
             "name": "gpf",
             "output_dir": str(tmp / "runs"),
             "data": colo_pair_data(colo),
-            "model": {
-                "name": "gpf_net",
-                "image_encoder": "efficientnet_lite0",
-                "image_weights": "imagenet",
-                "text_model": None,
-                "dim": 16,
-                "num_fusion_layers": 1,
-                "fusion_heads": 2,
-                "fusion_ffn": 16,
-                "final_layers": 1,
-                "final_heads": 2,
-                "final_ffn": 16,
-            },
+            "model": tiny_gpf_net(),
             # ImageNet weights and a near-zero rate: distinct embeddings (see tests/test_export.py), so rankings
             # are not decided by ties
-            "train": {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"},
+            "train": STILL_REID_TRAIN,
         },
         "test",
     )
