@@ -128,3 +128,52 @@ def tiny_gpf_net(**overrides) -> dict:
 
 # One epoch at a near-zero rate: at the usual rate one epoch collapses a tiny GPF-Net's embeddings onto one point
 STILL_REID_TRAIN = {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"}
+
+
+def tiny_bipvl(root: Path | str, output: Path | str, name: str = "tiny_bipvl", test_cases: int = 1, **model) -> dict:
+    """A one-epoch BiPVL-Seg run config (feature size 12, 32x64x32 patches) on a synthetic Decathlon folder."""
+    root = Path(root)
+    return {
+        "name": name,
+        "output_dir": str(output),
+        "data": {
+            "source": "decathlon",
+            "root": str(root),
+            "descriptions": str(root / "descriptions.csv"),
+            "val_cases": 1,
+            "test_cases": test_cases,
+            "roi_size": [32, 64, 32],
+            "samples_per_volume": 1,
+            "crop_foreground": False,
+            "sw_batch_size": 1,
+        },
+        "model": {"name": "bipvl_seg", "feature_size": 12, "fusion_heads": 4, "fusion_mlp": 32, "max_text_len": 16}
+        | model,
+        "train": {
+            "max_epochs": 1,
+            "lr": 1e-3,
+            "warmup_epochs": 0,
+            "accelerator": "cpu",
+            "monitor": "valid/mean_dice",
+            "monitor_mode": "max",
+        },
+    }
+
+
+@pytest.fixture(scope="session")
+def exported_bipvl(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny BiPVL-Seg run exported once with ``gpfuse export RUN`` to ``RUN/model.onnx`` (the export takes
+    minutes on a CPU; the export and the engine tests share it): (run folder, its data root)."""
+    from gpfuse.config import validate_config
+    from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
+    from gpfuse.tasks.runner import run_dir_for, train
+
+    folder = tmp_path_factory.mktemp("export3d")
+    root = write_synthetic_decathlon(folder / "dec", n_cases=4, shape=(32, 64, 32), num_classes=3)
+    small = {"fusion_depth": 1, "fusion_heads": 2, "fusion_mlp": 16, "max_text_len": 8, "align_dim": 16}
+    cfg = validate_config(tiny_bipvl(root, folder / "runs", **small), "test")
+    train(cfg)
+    run = run_dir_for(cfg).resolve()
+    code, output = run_gpfuse("export", run)
+    assert code == 0, output
+    return run, root

@@ -11,12 +11,8 @@ import pytest
 import torch
 
 import gpfuse
-from conftest import run_gpfuse
-from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 from gpfuse.export.image_graphs import split_files
 from gpfuse.export.volume_graphs import volume_patches
-from gpfuse.tasks.runner import run_dir_for, train
-from test_runs_bipvl import _config
 
 pytestmark = pytest.mark.slow
 onnx = pytest.importorskip("onnx")
@@ -24,12 +20,8 @@ ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def bipvl_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("export3d")
-    root = write_synthetic_decathlon(folder / "dec", n_cases=4, shape=(32, 64, 32), num_classes=3)
-    cfg = _config(folder, root, fusion_depth=1, fusion_heads=2, fusion_mlp=16, max_text_len=8, align_dim=16)
-    train(cfg)
-    return run_dir_for(cfg).resolve()
+def bipvl_run(exported_bipvl):
+    return exported_bipvl[0]
 
 
 def test_prompt_prefix_gives_the_models_own_logits(bipvl_run):
@@ -42,10 +34,8 @@ def test_prompt_prefix_gives_the_models_own_logits(bipvl_run):
         assert (a - b).abs().max() < 1e-5
 
 
-def test_bipvl_exports_patches_without_the_prompt_encoding_and_agrees_with_torch(bipvl_run, tmp_path):
-    code, output = run_gpfuse("export", bipvl_run, "--out", tmp_path / "bipvl.onnx")
-    assert code == 0, output
-    proto = onnx.load(str(tmp_path / "bipvl.onnx"))
+def test_bipvl_exports_patches_without_the_prompt_encoding_and_agrees_with_torch(bipvl_run):
+    proto = onnx.load(str(bipvl_run / "model.onnx"))  # written by `gpfuse export RUN` (conftest.exported_bipvl)
     assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis is dynamic
 
@@ -74,7 +64,7 @@ def test_bipvl_exports_patches_without_the_prompt_encoding_and_agrees_with_torch
     assert x.shape == (2, 1, 32, 64, 32) and x.std() > 0.5  # real, normalised patches
     with torch.no_grad():
         expected = model({"image": x}).logits.numpy()
-    session = ort.InferenceSession(str(tmp_path / "bipvl.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(bipvl_run / "model.onnx"), providers=["CPUExecutionProvider"])
     for batch in (x[:1], x):
         got = session.run(None, {"image": batch.numpy()})[0]
         assert got.shape == expected[: len(batch)].shape

@@ -178,41 +178,9 @@ def test_sentiment_scores_agree(tmp_path):
     assert np.abs(scores_onnx - scores_torch).max() <= 1e-4
 
 
-def test_volume_labels_agree(tmp_path):
+def test_volume_labels_agree(exported_bipvl, tmp_path):
     _exportable("segmentation3d")
-    from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
-
-    root = write_synthetic_decathlon(tmp_path / "dec", n_cases=4, shape=(32, 64, 32), num_classes=3)
-    cfg = validate_config(
-        {
-            "name": "tiny_bipvl",
-            "output_dir": str(tmp_path / "runs"),
-            "data": {
-                "source": "decathlon",
-                "root": str(root),
-                "descriptions": str(root / "descriptions.csv"),
-                "val_cases": 1,
-                "test_cases": 1,
-                "roi_size": [32, 64, 32],
-                "samples_per_volume": 1,
-                "crop_foreground": False,
-                "sw_batch_size": 1,
-            },
-            "model": {"name": "bipvl_seg", "feature_size": 12, "fusion_heads": 4, "fusion_mlp": 32, "max_text_len": 16},
-            "train": {
-                "max_epochs": 1,
-                "lr": 1e-3,
-                "warmup_epochs": 0,
-                "accelerator": "cpu",
-                "monitor": "valid/mean_dice",
-                "monitor_mode": "max",
-            },
-        },
-        "test",
-    )
-    train(cfg)
-    run = run_dir_for(cfg)
-    _export(run)
+    run, root = exported_bipvl
     case = root / "imagesTr" / "case_003.nii.gz"
     out_torch, out_onnx = _predict_both(run, case, tmp_path / "pred")
     torch_labels, onnx_labels = (np.asarray(nib.load(o / "case_003_seg.nii.gz").dataobj) for o in (out_torch, out_onnx))

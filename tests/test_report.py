@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import colo_pair_data, mosi_data, polyp_folder_data, run_gpfuse, tiny_grf
+from conftest import colo_pair_data, mosi_data, polyp_folder_data, run_gpfuse, tiny_bipvl, tiny_grf
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
 from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
-from gpfuse.report import write_report
+from gpfuse.report import metrics_tables, write_report
+from gpfuse.report.collect import collect
 from gpfuse.report.tables import higher_is_better
 from gpfuse.tasks.runner import run_dir_for, train
 
@@ -100,34 +101,9 @@ def reid_run(tmp_path_factory) -> Path:
 def volume_run(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("vol")
     root = write_synthetic_decathlon(base / "dec", n_cases=5, shape=(32, 64, 32), num_classes=3)
-    return _train(
-        {
-            "name": "vol",
-            "output_dir": str(base / "runs"),
-            "data": {
-                "source": "decathlon",
-                "root": str(root),
-                "descriptions": str(root / "descriptions.csv"),
-                "val_cases": 1,
-                "test_cases": 2,
-                "roi_size": [32, 64, 32],
-                "samples_per_volume": 1,
-                "crop_foreground": False,
-                "sw_batch_size": 1,
-            },
-            "model": {"name": "bipvl_seg", "feature_size": 12, "fusion_heads": 4, "fusion_mlp": 32, "max_text_len": 16},
-            "train": {
-                "max_epochs": 1,
-                "warmup_epochs": 0,
-                "accelerator": "cpu",
-                "monitor": "valid/mean_dice",
-                "monitor_mode": "max",
-            },
-        }
-    )
+    return _train(tiny_bipvl(root, base / "runs", name="vol", test_cases=2))
 
 
-# ---- helpers ------------------------------------------------------------------------------------------------
 def _images(page: str) -> list[Image.Image]:
     """Every embedded image, decoded (fails on a broken one)."""
     images = []
@@ -229,6 +205,18 @@ def test_comparison_marks_the_best_and_differences_and_writes_markdown(sentiment
     row = next(line for line in test_part.splitlines() if line.startswith("| sent_small |"))
     assert f"{b['MAE']:.4f} ({b['MAE'] - np.mean([m['MAE'] for m in a]):+.4f})" in row
     assert markdown.count("**") >= 4  # titles and the best values in bold
+
+
+def test_experiments_and_task_kinds_are_never_averaged_or_compared_together(sentiment, seg_run, tmp_path):
+    # a root holding two experiments (configs sent and sent_small) is two groups, not one mean over 3 runs
+    groups = collect([sentiment["a"].parent])
+    assert [(g.label, len(g.runs)) for g in groups] == [("sent", 2), ("sent_small", 1)]
+    tables = metrics_tables(collect([sentiment["a"].parent, seg_run]))
+    titles = [t.title for t in tables]
+    assert titles.count("comparison: test") == 1 and any(t.startswith(f"{seg_run.name}: metrics") for t in titles)
+    assert all(not {"Corr", "Dice"} <= set(t.columns) for t in tables)
+    page = write_report([sentiment["a"], seg_run], tmp_path / "k.html").read_text()
+    assert "regression: loss per epoch" in page and "segmentation: loss per epoch" in page
 
 
 def test_segmentation_report_shows_worst_and_best_images(seg_run, tmp_path):

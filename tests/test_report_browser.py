@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from browser import NOT_FOUND, find_chromium, open_page, pixel_std
-from conftest import colo_pair_data, mosi_data, polyp_folder_data, run_gpfuse, tiny_grf
+from conftest import colo_pair_data, mosi_data, polyp_folder_data, run_gpfuse, tiny_bipvl, tiny_grf
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
@@ -41,6 +41,7 @@ def _sections(root) -> dict[str, dict]:
     colo = write_synthetic_colo_pair(root / "colo", n_videos=10, frames_per_view=2, size=48)
     polyps = write_synthetic_polyp_folder(root / "polyps", n_images=16, size=40, seed=0)
     volumes = write_synthetic_decathlon(root / "dec", n_cases=6, shape=(32, 64, 32), num_classes=3)
+    volume = tiny_bipvl(volumes, root / "runs", test_cases=2)
     return {
         "regression": {"data": mosi_data(mosi, root / "cache"), "model": tiny_grf(), "train": {}},
         "retrieval": {
@@ -65,18 +66,8 @@ def _sections(root) -> dict[str, dict]:
             "train": {"monitor": "valid/Dice", "monitor_mode": "max"},
         },
         "segmentation3d": {
-            "data": {
-                "source": "decathlon",
-                "root": str(volumes),
-                "descriptions": str(volumes / "descriptions.csv"),
-                "val_cases": 1,
-                "test_cases": 2,
-                "roi_size": [32, 64, 32],
-                "samples_per_volume": 1,
-                "crop_foreground": False,
-                "sw_batch_size": 1,
-            },
-            "model": {"name": "bipvl_seg", "feature_size": 12, "fusion_heads": 4, "fusion_mlp": 32, "max_text_len": 16},
+            "data": volume["data"],
+            "model": volume["model"],
             "train": {"monitor": "valid/mean_dice", "monitor_mode": "max"},
         },
     }

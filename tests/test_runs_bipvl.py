@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import tiny_bipvl
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 from gpfuse.tasks.kinds import TASK_KINDS
@@ -28,40 +29,7 @@ def root(tmp_path_factory):
 
 
 def _config(tmp_path, root, **model):
-    return validate_config(
-        {
-            "name": "tiny_bipvl",
-            "output_dir": str(tmp_path / "runs"),
-            "data": {
-                "source": "decathlon",
-                "root": str(root),
-                "descriptions": str(root / "descriptions.csv"),
-                "val_cases": 1,
-                "test_cases": 1,
-                "roi_size": [32, 64, 32],
-                "samples_per_volume": 1,
-                "crop_foreground": False,
-                "sw_batch_size": 1,
-            },
-            "model": {
-                "name": "bipvl_seg",
-                "feature_size": 12,
-                "fusion_heads": 4,
-                "fusion_mlp": 32,
-                "max_text_len": 16,
-                **model,
-            },
-            "train": {
-                "max_epochs": 1,
-                "lr": 1e-3,
-                "warmup_epochs": 0,
-                "accelerator": "cpu",
-                "monitor": "valid/mean_dice",
-                "monitor_mode": "max",
-            },
-        },
-        "test",
-    )
+    return validate_config(tiny_bipvl(root, tmp_path / "runs", **model), "test")
 
 
 @pytest.mark.slow

@@ -14,12 +14,24 @@ from gpfuse.report.sections import samples_section
 from gpfuse.report.tables import Table, comparison_tables, group_tables, run_table
 from gpfuse.utils.files import atomic_write_text
 
-__all__ = ["metrics_tables", "write_report"]
+__all__ = ["by_kind", "metrics_tables", "write_report"]
+
+
+def by_kind(groups: list[Group]) -> list[list[Group]]:
+    """The groups split by task kind, in the order the kinds first appear: runs of different kinds (the demo's
+    runs of every system) are never compared in one table or overlaid in one plot."""
+    kinds: dict[str, list[Group]] = {}
+    for g in groups:
+        kinds.setdefault(g.task, []).append(g)
+    return list(kinds.values())
 
 
 def metrics_tables(groups: list[Group]) -> list[Table]:
-    """One run: its table; one root of runs: per split the runs and their mean ± std; several roots: the
-    comparison tables."""
+    """One run: its table; one root of runs: per split the runs and their mean ± std; several roots of one
+    task kind: the comparison tables; several kinds: these per kind."""
+    kinds = by_kind(groups)
+    if len(kinds) > 1:
+        return [t for same in kinds for t in metrics_tables(same)]
     if len(groups) > 1:
         return comparison_tables(groups)
     runs = groups[0].runs
@@ -37,7 +49,13 @@ def _metrics_html(groups: list[Group]) -> str:
 
 
 def _curves_html(groups: list[Group]) -> str:
-    parts = [f'<h3>{title}</h3><img src="{uri}" alt="{title}">' for title, uri in curve_figures(groups)]
+    kinds = by_kind(groups)
+    parts = [
+        f'<h3>{prefix}{title}</h3><img src="{uri}" alt="{prefix}{title}">'
+        for same in kinds
+        for prefix in [f"{same[0].task}: " if len(kinds) > 1 else ""]
+        for title, uri in curve_figures(same)
+    ]
     for g in groups:
         uri = gate_figure(g)
         if uri:

@@ -43,11 +43,16 @@ class Run:
 
 @dataclass
 class Group:
-    """The runs of one root (one row of a comparison)."""
+    """The runs of one experiment (one config name; its seeds and folds): one row of a comparison."""
 
     label: str
     root: Path
     runs: list[Run]
+
+    @property
+    def task(self) -> str:
+        """The task kind of its runs (one experiment has one)."""
+        return self.runs[0].task
 
 
 def _split_sizes(folder: Path) -> dict[str, int]:
@@ -87,24 +92,32 @@ def read_run(path: Path, name: str) -> Run:
     )
 
 
-def _group(path: Path) -> Group:
+def _groups(path: Path) -> list[Group]:
+    """A run folder: one group of one run. A root: one group of its runs, or, when they come from several
+    configs (``gpfuse report runs/``), one group per config name, so that seeds of different experiments are
+    never averaged together."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such run folder")
     if (path / "config.yaml").is_file():
-        return Group(label=path.name, root=path, runs=[read_run(path, path.name)])
+        return [Group(label=path.name, root=path, runs=[read_run(path, path.name)])]
     found = sorted(p.parent for p in path.rglob("config.yaml") if p.parent.name != "model")
     if not found:
         raise FileNotFoundError(f"{path} is not a gpfuse run folder nor a folder of runs (no config.yaml under it)")
     runs = [read_run(p, str(p.relative_to(path))) for p in found]
-    return Group(label=path.name, root=path, runs=runs)
+    by_name: dict[str, list[Run]] = {}
+    for run in runs:
+        by_name.setdefault(str(run.config.get("name", "")), []).append(run)
+    if len(by_name) == 1:
+        return [Group(label=path.name, root=path, runs=runs)]
+    return [Group(label=name, root=path, runs=named) for name, named in by_name.items()]
 
 
 def collect(paths: Sequence[str | Path]) -> list[Group]:
-    """One group per path (a run folder, or a root of runs); labels made unique."""
+    """The groups of the paths (run folders, or roots of runs), in order; labels made unique."""
     if not paths:
         raise ValueError("no run folder given")
-    groups = [_group(Path(p)) for p in paths]
+    groups = [g for p in paths for g in _groups(Path(p))]
     seen: dict[str, int] = {}
     for g in groups:
         seen[g.label] = seen.get(g.label, 0) + 1
