@@ -104,6 +104,7 @@ def volume_run(tmp_path_factory) -> Path:
     return _train(tiny_bipvl(root, base / "runs", name="vol", test_cases=2))
 
 
+# ---- helpers ------------------------------------------------------------------------------------------------
 def _images(page: str) -> list[Image.Image]:
     """Every embedded image, decoded (fails on a broken one)."""
     images = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,9 @@ class Run:
     splits: dict[str, int]  # split list -> number of entries
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # training epochs only
 
-    @property
+    @cached_property
     def task(self) -> str:
-        """The task kind (``regression``, ``retrieval``, ``segmentation``, ``segmentation3d``)."""
+        """The task kind (``regression``, ``retrieval``, ``segmentation``, ``segmentation3d``), read once."""
         from gpfuse.tasks.runner import load_run_config
 
         return load_run_config(self.path).task
