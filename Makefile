@@ -31,8 +31,12 @@ browser:
 	    apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; then echo "installed chromium"; \
 	  else echo "chromium not installed (needs root and apt-get): browser tests will skip"; fi; }
 
+# two pytest-xdist workers (one per core of the 2-core CI machine), each test file kept on one worker so that its
+# module fixtures (tiny trained runs, exports) are built once; the 20 slowest steps are listed at the end
+TEST_WORKERS ?= 2
+
 test: lint browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 bench: install
 	$(BIN)/python benchmarks/fusion_scaling.py

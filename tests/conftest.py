@@ -19,6 +19,12 @@ SHARED_DATA = Path(os.environ.get("GPFUSE_DATA", REPO.parent / "shared" / "data"
 # the suite's caches (text states, decoded files) stay out of the user's ~/.cache; subprocesses inherit it
 os.environ.setdefault("GPFUSE_CACHE", tempfile.mkdtemp(prefix="gpfuse-test-cache-"))
 
+# `make test` runs two pytest-xdist workers on the machine's two cores: one thread each (and in what they start),
+# or four threads would contend for two cores
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -158,22 +164,3 @@ def tiny_bipvl(root: Path | str, output: Path | str, name: str = "tiny_bipvl", t
             "monitor_mode": "max",
         },
     }
-
-
-@pytest.fixture(scope="session")
-def exported_bipvl(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny BiPVL-Seg run exported once with ``gpfuse export RUN`` to ``RUN/model.onnx`` (the export takes
-    minutes on a CPU; the export and the engine tests share it): (run folder, its data root)."""
-    from gpfuse.config import validate_config
-    from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
-    from gpfuse.tasks.runner import run_dir_for, train
-
-    folder = tmp_path_factory.mktemp("export3d")
-    root = write_synthetic_decathlon(folder / "dec", n_cases=4, shape=(32, 64, 32), num_classes=3)
-    small = {"fusion_depth": 1, "fusion_heads": 2, "fusion_mlp": 16, "max_text_len": 8, "align_dim": 16}
-    cfg = validate_config(tiny_bipvl(root, folder / "runs", **small), "test")
-    train(cfg)
-    run = run_dir_for(cfg).resolve()
-    code, output = run_gpfuse("export", run)
-    assert code == 0, output
-    return run, root

@@ -1,22 +1,45 @@
 """ONNX export of a saved BiPVL-Seg run: one roi-size patch ``image`` -> ``logits`` with a dynamic batch, the class
 prompts' image-independent text states a constant (no token embeddings, no early text layers in the file),
-ONNX Runtime agrees with the torch model on real patches, and the sliding-window settings in the metadata."""
+ONNX Runtime agrees with the torch model on real patches, the sliding-window settings are in the metadata, and
+``gpfuse predict --engine onnxruntime`` labels a volume as torch does. The tests share one export: minutes on a
+CPU."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
 import gpfuse
+from conftest import run_gpfuse, tiny_bipvl
+from gpfuse.config import validate_config
+from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 from gpfuse.export.image_graphs import split_files
 from gpfuse.export.volume_graphs import volume_patches
+from gpfuse.tasks.runner import run_dir_for, train
 
 pytestmark = pytest.mark.slow
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def exported_bipvl(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny BiPVL-Seg run exported once with ``gpfuse export RUN`` to ``RUN/model.onnx`` (the export takes
+    minutes on a CPU; every test here shares it): (run folder, its data root)."""
+    folder = tmp_path_factory.mktemp("export3d")
+    root = write_synthetic_decathlon(folder / "dec", n_cases=4, shape=(32, 64, 32), num_classes=3)
+    small = {"fusion_depth": 1, "fusion_heads": 2, "fusion_mlp": 16, "max_text_len": 8, "align_dim": 16}
+    cfg = validate_config(tiny_bipvl(root, folder / "runs", **small), "test")
+    train(cfg)
+    run = run_dir_for(cfg).resolve()
+    code, output = run_gpfuse("export", run)
+    assert code == 0, output
+    return run, root
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +95,16 @@ def test_bipvl_exports_patches_without_the_prompt_encoding_and_agrees_with_torch
     labels_onnx, labels_torch = got.argmax(1), expected.argmax(1)
     assert len(np.unique(labels_torch)) > 1  # the labels compared are not one class everywhere
     assert (labels_onnx == labels_torch).mean() >= 0.999
+
+
+def test_volume_labels_agree(exported_bipvl, tmp_path):
+    run, root = exported_bipvl
+    case = root / "imagesTr" / "case_003.nii.gz"
+    out_torch, out_onnx = tmp_path / "pred_torch", tmp_path / "pred_onnx"
+    for out, engine in ((out_torch, "torch"), (out_onnx, "onnxruntime")):
+        code, output = run_gpfuse("predict", run, case, "--out", out, "--engine", engine)
+        assert code == 0, output
+    torch_labels, onnx_labels = (np.asarray(nib.load(o / "case_003_seg.nii.gz").dataobj) for o in (out_torch, out_onnx))
+    assert torch_labels.shape == nib.load(case).shape
+    assert len(np.unique(torch_labels)) > 1  # not one class everywhere: the agreement below means something
+    assert (torch_labels == onnx_labels).mean() >= 0.999

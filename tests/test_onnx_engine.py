@@ -9,7 +9,6 @@ import csv
 import re
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -176,17 +175,6 @@ def test_sentiment_scores_agree(tmp_path):
     scores_torch, scores_onnx = (np.array([float(r["score"]) for r in rows]) for rows in (rows_torch, rows_onnx))
     assert np.ptp(scores_torch) > 1e-3  # the scores vary: the comparison is not of constants
     assert np.abs(scores_onnx - scores_torch).max() <= 1e-4
-
-
-def test_volume_labels_agree(exported_bipvl, tmp_path):
-    _exportable("segmentation3d")
-    run, root = exported_bipvl
-    case = root / "imagesTr" / "case_003.nii.gz"
-    out_torch, out_onnx = _predict_both(run, case, tmp_path / "pred")
-    torch_labels, onnx_labels = (np.asarray(nib.load(o / "case_003_seg.nii.gz").dataobj) for o in (out_torch, out_onnx))
-    assert torch_labels.shape == nib.load(case).shape
-    assert len(np.unique(torch_labels)) > 1  # not one class everywhere: the agreement below means something
-    assert (torch_labels == onnx_labels).mean() >= 0.999
 
 
 # ---- errors -------------------------------------------------------------------------------------------------

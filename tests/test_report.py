@@ -8,10 +8,12 @@ import csv
 import io
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import colo_pair_data, mosi_data, polyp_folder_data, run_gpfuse, tiny_bipvl, tiny_grf
@@ -218,6 +220,19 @@ def test_experiments_and_task_kinds_are_never_averaged_or_compared_together(sent
     assert all(not {"Corr", "Dice"} <= set(t.columns) for t in tables)
     page = write_report([sentiment["a"], seg_run], tmp_path / "k.html").read_text()
     assert "regression: loss per epoch" in page and "segmentation: loss per epoch" in page
+
+
+def test_the_folds_of_one_experiment_are_one_group(sentiment, tmp_path):
+    # `gpfuse train --folds 0,1` names its runs "<name>/fold_<f>": one experiment, averaged over its folds
+    for fold, seed in ((0, "seed_1"), (1, "seed_2")):
+        run = tmp_path / "cv" / f"fold_{fold}" / "seed_1"
+        shutil.copytree(sentiment["a"] / seed, run)
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "name": f"cv/fold_{fold}"}, sort_keys=False))
+    groups = collect([tmp_path / "cv", sentiment["b"]])
+    assert [(g.label, len(g.runs)) for g in groups] == [("cv", 2), ("sent_small", 1)]
+    folds = metrics_tables(groups[:1])
+    assert [r[0] for r in folds[-1].rows] == ["fold_0/seed_1", "fold_1/seed_1", "mean ± std"]
 
 
 def test_segmentation_report_shows_worst_and_best_images(seg_run, tmp_path):
