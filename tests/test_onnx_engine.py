@@ -1,6 +1,7 @@
 """Prediction with ONNX Runtime (``gpfuse predict --engine onnxruntime``, ``gpfuse.load(..., engine=...)``): the
 run's exported file behind the same predictors gives what the torch model gives, for each task kind; a missing
-file, a file of another model and a batch that does not fit the graph are named."""
+file, a file of another model and a batch that does not fit the graph are named. The 3D kind's comparison is in
+tests/test_export_volume.py, beside the one BiPVL-Seg export it shares."""
 
 from __future__ import annotations
 

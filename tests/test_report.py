@@ -25,7 +25,7 @@ from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
 from gpfuse.report import metrics_tables, write_report
 from gpfuse.report.collect import collect
 from gpfuse.report.tables import higher_is_better
-from gpfuse.tasks.runner import run_dir_for, train
+from gpfuse.tasks.runner import fold_name, run_dir_for, train
 
 pytestmark = pytest.mark.slow
 
@@ -223,12 +223,12 @@ def test_experiments_and_task_kinds_are_never_averaged_or_compared_together(sent
 
 
 def test_the_folds_of_one_experiment_are_one_group(sentiment, tmp_path):
-    # `gpfuse train --folds 0,1` names its runs "<name>/fold_<f>": one experiment, averaged over its folds
+    # the runs of `gpfuse train --folds 0,1` (named by fold_name): one experiment, averaged over its folds
     for fold, seed in ((0, "seed_1"), (1, "seed_2")):
         run = tmp_path / "cv" / f"fold_{fold}" / "seed_1"
         shutil.copytree(sentiment["a"] / seed, run)
         config = yaml.safe_load((run / "config.yaml").read_text())
-        (run / "config.yaml").write_text(yaml.safe_dump({**config, "name": f"cv/fold_{fold}"}, sort_keys=False))
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, "name": fold_name("cv", fold)}, sort_keys=False))
     groups = collect([tmp_path / "cv", sentiment["b"]])
     assert [(g.label, len(g.runs)) for g in groups] == [("cv", 2), ("sent_small", 1)]
     folds = metrics_tables(groups[:1])

@@ -3,7 +3,6 @@ holding several (seeds, folds), each root one group of an ablation."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -94,9 +93,6 @@ def read_run(path: Path, name: str) -> Run:
     )
 
 
-_FOLD = re.compile(r"/fold_\d+$")
-
-
 def _groups(path: Path) -> list[Group]:
     """A run folder: one group of one run. A root: one group of its runs (seeds, and folds or splits), or, when
     they come from several configs (``gpfuse report runs/``), one group per config name, so that seeds of
@@ -109,10 +105,12 @@ def _groups(path: Path) -> list[Group]:
     found = sorted(p.parent for p in path.rglob("config.yaml") if p.parent.name != "model")
     if not found:
         raise FileNotFoundError(f"{path} is not a gpfuse run folder nor a folder of runs (no config.yaml under it)")
+    from gpfuse.tasks.runner import experiment_name
+
     runs = [read_run(p, str(p.relative_to(path))) for p in found]
     by_name: dict[str, list[Run]] = {}
-    for run in runs:  # the folds of one experiment are named "<name>/fold_<f>" (gpfuse train --folds)
-        by_name.setdefault(_FOLD.sub("", str(run.config.get("name", ""))), []).append(run)
+    for run in runs:  # the folds of one experiment form one group
+        by_name.setdefault(experiment_name(str(run.config.get("name", ""))), []).append(run)
     if len(by_name) == 1:
         return [Group(label=path.name, root=path, runs=runs)]
     return [Group(label=name, root=path, runs=named) for name, named in by_name.items()]

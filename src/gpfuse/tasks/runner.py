@@ -47,6 +47,8 @@ from gpfuse.utils.files import atomic_path, atomic_write_text, read_json
 __all__ = [
     "EVAL_OVERRIDES",
     "evaluate",
+    "experiment_name",
+    "fold_name",
     "is_main_process",
     "load_run_config",
     "predict",
@@ -82,6 +84,19 @@ class _NoAdverts(logging.Filter):
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+_FOLD_SUFFIX = re.compile(r"/fold_\d+$")
+
+
+def fold_name(name: str, fold: int) -> str:
+    """The run name of one fold (or random split) of experiment ``name`` under ``--folds``: ``<name>/fold_<f>``."""
+    return f"{name}/fold_{fold}"
+
+
+def experiment_name(run_name: str) -> str:
+    """The experiment a run name belongs to: ``<name>/fold_<f>`` -> ``<name>``; other names unchanged."""
+    return _FOLD_SUFFIX.sub("", run_name)
 
 
 def run_dir_for(config: RunConfig, seed: int | None = None) -> Path:
@@ -324,7 +339,7 @@ def train_seeds(
     for fold, seed in variants:
         update: dict[str, Any] = {"train": config.train.model_copy(update={"seed": seed})}
         if fold is not None:
-            update.update(name=f"{config.name}/fold_{fold}", data=config.data.model_copy(update={"fold": fold}))
+            update.update(name=fold_name(config.name, fold), data=config.data.model_copy(update={"fold": fold}))
         variant = config.model_copy(update=update)
         run_dir = run_dir_for(variant)
         resume_this = resume and (run_dir / "config.yaml").is_file()
