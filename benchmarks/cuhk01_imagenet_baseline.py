@@ -15,6 +15,7 @@ import argparse
 import numpy as np
 import torch
 
+from bench_utils import print_environment
 from gpfuse.data.cuhk01 import load_cuhk01
 from gpfuse.data.reid import ImageTransform, ReIDImageDataset
 from gpfuse.encoders.image import EfficientNetLite0Encoder, get_image_encoder, global_pool
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=(160, 64))
     parser.add_argument("--splits", type=int, default=10)
     args = parser.parse_args()
+    print_environment()
     encoder = get_image_encoder("efficientnet_lite0", weights="imagenet").eval()
     transform = ImageTransform(
         tuple(args.size), mean=EfficientNetLite0Encoder.input_mean, std=EfficientNetLite0Encoder.input_std

@@ -14,6 +14,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_utils import print_environment
 from gpfuse.fusion import build_fusion
 
 SIZE = dict(num_heads=4, num_layers=4, ffn_dim=256, dropout=0.0)
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-n", type=int, default=8)
     args = parser.parse_args()
+    print_environment()
     torch.manual_seed(0)
     print(
         f"batch {args.batch}, {args.length} steps per modality, d_model {args.dim}, "

@@ -20,6 +20,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from bench_utils import print_environment
 from gpfuse.data.cuhk01 import load_cuhk01
 from gpfuse.data.reid import ImageTransform, ReIDImageDataset, ReIDItem
 from gpfuse.encoders.image import EfficientNetLite0Encoder, get_image_encoder, global_pool
@@ -114,6 +115,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--lrs", type=float, nargs="+", default=(2.5e-4, 1e-3))
     args = parser.parse_args()
+    print_environment()
     split = load_cuhk01(args.root, args.split, val_ids=50, seed=42)
     feats, flips = {}, None
     for name in ("train", "val_query", "val_gallery", "query", "gallery"):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench_utils import print_environment
 from gpfuse.cli import DEMO_CONFIGS
 from gpfuse.config import load_config
 from gpfuse.tasks.demo_data import with_demo_data
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--precision", default="16-mixed")
     parser.add_argument("--out", default="runs/gpu_smoke")
     args = parser.parse_args()
+    print_environment()
     if not torch.cuda.is_available():
         print("gpu_smoke: no CUDA device on this machine (torch.cuda.is_available() is False): nothing to run")
         return

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_utils import peak_rss_mib
+from bench_utils import peak_rss_mib, print_environment
 from gpfuse.utils.files import atomic_write_text
 from inference_workloads import SYSTEMS, Workload
 from onnx_variants import NUMPY_OF_ONNX, cpu_has, fuse_image_preprocessing, int8_dynamic, int8_static, optimised
@@ -262,6 +262,7 @@ def main() -> None:
     parser.add_argument("--cuhk01", default="../shared/data/cuhk01")
     parser.add_argument("--markdown", default=None, help="also write the report to this file (atomically)")
     args = parser.parse_args()
+    print_environment()
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = [s for s in systems if s not in SYSTEMS]
     args.threads = [int(t) for t in args.threads.split(",")]

@@ -23,7 +23,7 @@ import tracemalloc
 import numpy as np
 import torch
 
-from bench_utils import peak_rss_mib
+from bench_utils import peak_rss_mib, print_environment
 from gpfuse.metrics import compute_distance_matrix, evaluate_features, evaluate_rank
 
 
@@ -123,6 +123,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads; 0: torch's default (all cores)")
     parser.add_argument("--no-tracemalloc", action="store_true", help="skip the traced (slow) memory run")
     args = parser.parse_args()
+    print_environment()
     if args.threads:
         torch.set_num_threads(args.threads)
     num_q, num_g, dim, ids, cams = (500, 2500, 256, 120, 6) if args.small else (3368, 15913, 2048, 751, 6)

@@ -17,7 +17,7 @@ import time
 import torch
 from monai.losses import DiceCELoss
 
-from bench_utils import peak_rss_mib
+from bench_utils import peak_rss_mib, print_environment
 from gpfuse.models import create_model
 
 PROMPTS = [
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
+    print_environment()
     device = args.device
     print(
         f"BiPVL-Seg, 1 patch {args.size}^3, feature size {args.feature_size}, {device}, torch {torch.__version__}, "

@@ -18,7 +18,7 @@ import time
 import torch
 from monai.losses import DeepSupervisionLoss, DiceCELoss
 
-from bench_utils import peak_rss_mib
+from bench_utils import peak_rss_mib, print_environment
 from gpfuse.models import create_model
 
 ENCODERS = ("efficientnet_lite0", "res2net50_v1b_26w_4s", "resnet50")
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--encoders", nargs="+", default=list(ENCODERS))
     args = parser.parse_args()
+    print_environment()
     print(
         f"EA-DK, {args.size}x{args.size}, batch {args.batch}, {args.steps} timed steps, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"

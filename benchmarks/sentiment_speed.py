@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from bench_utils import peak_rss_mib
+from bench_utils import peak_rss_mib, print_environment
 from gpfuse.models import create_model
 
 MODELS = {"GRF (text -> audio)": ("grf", {"order": ["text", "audio"]}), "PGF-Net (MiniLM + LoRA 32)": ("pgf_net", {})}
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    print_environment()
     print(
         f"batch {args.batch} x 50 text steps + 1 audio step, {args.steps} timed steps, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads"

@@ -9,6 +9,7 @@ samples/s and the loss after the timed steps (the same steps from the same start
 loss would mean the setting changes training, not only its speed).
 
     python benchmarks/train_speed.py [--steps 4] [--threads 1 2] [--systems grf pgf_net gpf_net ea_dk bipvl_seg]
+                                     [--bf16 auto|yes|no]
 
 Prints one table; nothing here is part of the test suite.
 """
@@ -24,12 +25,14 @@ import warnings
 import torch
 import transformers
 
+from bench_utils import print_environment
 from gpfuse.encoders.text import tokenize
 from gpfuse.models import create_model
 from gpfuse.tasks.regression import RegressionTask
 from gpfuse.tasks.retrieval import RetrievalTask
 from gpfuse.tasks.segmentation import SegmentationTask
 from gpfuse.tasks.segmentation3d import Segmentation3DTask
+from gpfuse.utils.environment import cpu_native_bf16
 
 warnings.filterwarnings("ignore", message=".*self.trainer` reference is not registered")  # self.log outside a Trainer
 transformers.utils.logging.disable_progress_bar()
@@ -142,12 +145,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument(
+        "--bf16",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="measure bf16 autocast: auto = only on a CPU with native bf16 (emulated, it takes minutes a step)",
+    )
     args = parser.parse_args()
+    print_environment()
+    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and cpu_native_bf16())
+    if not bf16:
+        why = "--bf16 no" if args.bf16 == "no" else "no native bf16 on this CPU (--bf16 yes measures it anyway)"
+        print(f"bf16 columns skipped: {why}")
     print(
         f"training samples/s (loss after {args.steps} timed steps), torch {torch.__version__}, "
         f"bf16 = autocast bfloat16 with fp32 weights; '-' where channels_last does not apply"
     )
-    settings = [(bf16, cl) for cl in (False, True) for bf16 in (False, True)]
+    settings = [(b, cl) for cl in (False, True) for b in ((False, True) if bf16 else (False,))]
     header = " | ".join(f"{('bf16' if b else 'fp32') + (' + CL' if c else ''):>17}" for b, c in settings)
     print(f"{'system':<10} | {'threads':>7} | {header}")
     for name in args.systems:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import html
 import io
 import json
 import re
@@ -26,6 +27,7 @@ from gpfuse.report import metrics_tables, write_report
 from gpfuse.report.collect import collect
 from gpfuse.report.tables import higher_is_better
 from gpfuse.tasks.runner import fold_name, run_dir_for, train
+from gpfuse.utils.environment import summary_line
 
 pytestmark = pytest.mark.slow
 
@@ -171,6 +173,8 @@ def test_sentiment_root_report_holds_seeds_mean_and_predictions(sentiment, tmp_p
     page = out.read_text()
     _check_self_contained(page)
     assert "<details><summary>config.yaml</summary>" in page and "gpfuse train tiny.yaml" in page
+    env = json.loads((runs[0] / "environment.json").read_text())  # where each run trained, as it recorded it
+    assert f"<th>machine</th><td>{html.escape(summary_line(env))}</td>" in page
     assert f"<td>test</td><td>{len(test_ids)}</td>" in page
     table = _table(page, "sent: test, 2 runs")
     for run, m in zip(runs, metrics):

@@ -54,6 +54,11 @@ def test_shipped_configs_are_valid(path):
     assert load_config(path).name
 
 
+def test_an_error_naming_brackets_is_printed_as_text(tmp_path):
+    code, out = run_gpfuse("train", tmp_path / "run[/x].yaml")  # rich would read "[/x]" as a closing tag
+    assert code == 2 and "config file not found" in out and "run[/x].yaml" in out
+
+
 def test_config_errors_name_file_and_key(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(

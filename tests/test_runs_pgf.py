@@ -69,9 +69,11 @@ def test_an_empty_transcript_is_named_and_nothing_else_is_lost(tmp_path, mosi, c
 
 
 @pytest.mark.slow
-def test_pgf_net_run_logs_gates_evaluates_and_predicts(tmp_path, mosi):
+def test_pgf_net_run_logs_gates_evaluates_and_predicts(tmp_path, mosi, recwarn):
     cfg = _config(tmp_path, mosi)
     metrics = train(cfg)
+    # its frozen language model is in eval mode on purpose: Lightning's warning about it is silenced
+    assert not [w for w in recwarn if "in eval mode" in str(w.message)]
     assert {"MAE", "Corr", "Has0_F1_score", "Mult_acc_7"} <= set(metrics["test"])
     assert metrics["parameters"]["trainable"] < metrics["parameters"]["total"] / 2  # frozen backbone
     run = run_dir_for(cfg)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -102,7 +103,7 @@ def main() -> None:
     except Exception as err:
         if _debug:
             raise
-        console.print(f"[bold red]error:[/] {_describe(err)}", soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(_describe(err))}", soft_wrap=True)  # as text, [brackets] too
         sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -237,18 +238,29 @@ def export(
 
 @app.command()
 def info() -> None:
-    """Versions, models, fusions and the datasets found."""
+    """Versions, this machine (what runs record in environment.json) and what ``train.precision: auto`` chooses
+    on it, models, fusions and the datasets found."""
     import importlib.metadata as md
+    import json
     import os
 
     from gpfuse.fusion import FUSIONS
     from gpfuse.models import MODELS
+    from gpfuse.utils.environment import describe, summary_line
+    from gpfuse.utils.precision import resolve_precision
 
-    for pkg in ("gpfuse", "torch", "lightning", "transformers", "peft", "monai", "numpy"):
+    for pkg in ("gpfuse", "torch", "lightning", "transformers", "peft", "monai", "numpy", "onnxruntime"):
         try:
             console.print(f"{pkg:14s} {md.version(pkg)}")
         except md.PackageNotFoundError:
             console.print(f"{pkg:14s} not installed")
+    env = describe()
+    console.print(f"machine:  {summary_line(env)}", markup=False)
+    console.print(f"environment.json of a run here: {json.dumps(env)}", markup=False, highlight=False)
+    native = "yes" if env["cpu_native_bf16"] else "no: bf16 would be emulated, about 40x slower than fp32"
+    console.print(f"native bf16 on the CPU: {native}")
+    auto = ", ".join(f"{name} {resolve_precision('auto', name)}" for name in sorted(MODELS))
+    console.print(f"train.precision auto here: {auto}")
     console.print(f"models:   {', '.join(sorted(MODELS))}")
     console.print(f"fusions:  {', '.join(sorted(FUSIONS))}")
     root = Path(os.environ.get("GPFUSE_DATA", "../shared/data"))

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from gpfuse.models import MODELS
+from gpfuse.utils.precision import Precision
 
 __all__ = [
     "ConfigError",
@@ -231,7 +232,11 @@ class TrainConfig(_Strict):
     num_nodes: int = Field(default=1, ge=1)
     sync_batchnorm: bool = False
     accumulate_grad_batches: int = Field(default=1, ge=1)
-    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true"] = "32-true"
+    precision: Precision | Literal["auto"] = Field(
+        default="auto",
+        description="auto: what the hardware computes natively, resolved once at the start of a run and kept in its "
+        "config.yaml and environment.json (gpfuse.utils.precision); any other value is used as given",
+    )
     channels_last: bool = Field(
         default=False,
         description="convolutional models: weights in channels_last memory layout "

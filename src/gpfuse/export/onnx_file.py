@@ -38,6 +38,17 @@ __all__ = ["OnnxMismatchError", "export_onnx", "exportable_tasks"]
 log = logging.getLogger(__name__)
 
 
+class _NoTorchvisionOps(logging.Filter):
+    """Drops the exporter's "torchvision is not installed. Skipping torchvision::nms" lines: gpfuse never uses
+    torchvision (its ops are not in any gpfuse graph), so they tell a user nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_NoTorchvisionOps())
+
+
 class OnnxMismatchError(RuntimeError):
     """ONNX Runtime's outputs differ from torch's by more than the tolerance."""
 
@@ -90,12 +101,52 @@ def _export(spec: GraphSpec, tmp: Path, opset: int) -> None:
         output_names=spec.outputs,
         dynamic_shapes={"inputs": {k: v or None for k, v in dynamic.items()}},
         verbose=False,
+        optimize=False,  # _optimize below
     )
     if program is None:
         raise RuntimeError("torch.onnx.export returned no program")
+    _optimize(program.model)
     _free_output_names(program.model.graph, spec.outputs)
     program.save(str(tmp))
     _check_dynamic(tmp, spec)
+
+
+def _optimize(model: ir.Model) -> None:
+    """What ``torch.onnx.export(optimize=True)`` runs (onnxscript's ``optimize_ir``: constant folding, the default
+    rewrite rules, dead nodes removed, constants lifted to initializers; then ``onnx_fusions.fuse``) without the
+    ``SlicesSplit`` rule. Its matcher rescans the whole graph for every Slice node, quadratic in the graph's size:
+    185 s of a 277 s export of a tiny BiPVL-Seg (3D Swin windows are thousands of slices) on one AMD EPYC core,
+    for a fusion ONNX Runtime does not need. The onnxscript names used here are pinned in constraints.txt."""
+    import onnx_ir.passes.common as common
+    from onnx_ir import passes
+    from onnxscript import rewriter
+    from onnxscript.optimizer import _constant_folding as folding
+    from onnxscript.rewriter import onnx_fusions
+
+    rules = [rule for rule in rewriter._DEFAULT_REWRITE_RULES if rule.name != "SlicesSplit"]
+    loop = [
+        folding.FoldConstantsPass(
+            shape_inference=True,
+            input_size_limit=folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+            output_size_limit=folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+        ),
+        rewriter.RewritePass(rules),
+        common.RemoveUnusedNodesPass(),
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+    ]
+    passes.Sequential(
+        common.InlinePass(),
+        passes.PassManager(loop, steps=2, early_stop=True),
+        common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
+        common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
+    onnx_fusions.fuse(model)
 
 
 def _free_output_names(graph: ir.Graph, names: Sequence[str]) -> None:

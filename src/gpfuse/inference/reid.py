@@ -69,7 +69,8 @@ class ReIDPredictor:
                 "image": x.to(self.run.device),
                 **{k: v[start : start + len(part)].to(self.run.device) for k, v in tokens.items()},
             }
-            chunks.append(self.run.model(batch).embedding.float())
+            with self.run.autocast():
+                chunks.append(self.run.model(batch).embedding.float())
         emb = torch.cat(chunks)
         return (F.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
 

@@ -11,6 +11,7 @@ run by ONNX Runtime (:class:`~gpfuse.inference.onnx_model.OnnxModel`), checked t
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from gpfuse.config import ConfigError, RunConfig, validate_config
 from gpfuse.inference.onnx_model import OnnxModel
 from gpfuse.models import load_pretrained
 from gpfuse.utils.files import read_json
+from gpfuse.utils.precision import autocast_dtype, warn_if_emulated
 
 if TYPE_CHECKING:
     from gpfuse.models.io import PretrainedMixin
@@ -109,6 +111,8 @@ class SavedRun:
             model: nn.Module = _onnx_model(Path(path), folder, onnx_file, device)
         else:
             model = load_pretrained(folder, expected_name=config.model["name"]).to(device).eval()
+            if autocast_dtype(config.train.precision) is not None:
+                warn_if_emulated(config.train.precision, torch.device(device).type)
         return cls(folder, config, stats or {}, model)
 
     @property
@@ -117,6 +121,14 @@ class SavedRun:
         if isinstance(self.model, OnnxModel):
             return self.model.device
         return next(self.model.parameters()).device
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast of the precision the run was trained and is evaluated with (``bf16-mixed``,
+        ``16-mixed``), so that its predictions are those of ``gpfuse eval``; none for full precision and ONNX."""
+        dtype = autocast_dtype(self.config.train.precision)
+        if dtype is None or isinstance(self.model, OnnxModel):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def model_option(self, key: str) -> Any:
         """Option ``key`` the model was built with (its saved config), else its constructor's default: the same

@@ -66,7 +66,8 @@ class SegmentationPredictor:
         for start in range(0, len(images), self.batch_size):
             chunk = [as_rgb(im, f"image {start + i}") for i, im in enumerate(images[start : start + self.batch_size])]
             x = torch.stack([self.transform(im, np.zeros((1, 1), bool))[0] for im in chunk]).to(self.run.device)
-            logits = self.run.model({"image": x}).logits
+            with self.run.autocast():
+                logits = self.run.model({"image": x}).logits.float()
             out += [p.cpu().numpy() for p in full_size_probabilities(logits, [im.size[::-1] for im in chunk])]
         return out
 

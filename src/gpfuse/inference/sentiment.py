@@ -122,5 +122,6 @@ class SentimentPredictor:
                 k: torch.from_numpy(np.ascontiguousarray(v[start : start + self.batch_size])).to(self.run.device)
                 for k, v in arrays.items()
             }
-            scores.append(self.run.model(batch).score.float().cpu())
+            with self.run.autocast():
+                scores.append(self.run.model(batch).score.float().cpu())
         return torch.cat(scores).numpy()

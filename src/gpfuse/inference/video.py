@@ -17,8 +17,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from gpfuse.utils.files import atomic_path
+from gpfuse.utils.progress import counter
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,10 @@ def _batches(capture: cv2.VideoCapture, video: Path, size: int) -> Iterator[list
         yield batch
 
 
+def _ignore(n: int) -> None:
+    """Counts nothing (``progress=False``)."""
+
+
 @contextmanager
 def _atomic_video_path(path: Path) -> Iterator[Path]:
     """Like :func:`~gpfuse.utils.files.atomic_path`, with the temporary name ending in ``path``'s suffix
@@ -194,7 +199,9 @@ def segment_video(
         video_fps = video_fps if math.isfinite(video_fps) and video_fps > 0 else DEFAULT_FPS
         expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None  # a container's estimate, maybe absent
         video_tmp = stack.enter_context(_atomic_video_path(out))
-        advance = stack.enter_context(_progress(progress, video, expected))
+        advance = stack.enter_context(
+            counter(f"segmenting {video.name}: frames", expected) if progress else nullcontext(_ignore)
+        )
         for frames in _batches(capture, video, batch_size or predictor.batch_size):
             probabilities = predictor.probabilities([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames])
             if writer is None:
@@ -234,17 +241,3 @@ def segment_video(
             soft_wrap=True,
         )
     return summary
-
-
-@contextmanager
-def _progress(show: bool, video: Path, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A function advancing a rich progress bar of ``total`` frames (or nothing without ``show``)."""
-    if not show:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns) as bar:
-        task = bar.add_task(f"segmenting {video.name}", total=total)
-        yield lambda n: bar.advance(task, n)

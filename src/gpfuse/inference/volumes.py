@@ -123,9 +123,10 @@ class VolumePredictor:
         batch = list_data_collate([item])
         batch["image"] = batch["image"].to(self.run.device)
         d = cast("VolumeDataConfig", self.run.config.data)
-        labels = original_grid_labels(
-            self.run.model, batch, self.transform, d.roi_size, d.sw_batch_size, d.overlap_test
-        )
+        with self.run.autocast():
+            labels = original_grid_labels(
+                self.run.model, batch, self.transform, d.roi_size, d.sw_batch_size, d.overlap_test
+            )
         return labels.cpu().numpy().astype(np.uint8)
 
     def _predict_array(self, volume: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:

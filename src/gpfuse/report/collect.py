@@ -29,6 +29,7 @@ class Run:
     metrics: dict[str, Any]
     splits: dict[str, int]  # split list -> number of entries
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # training epochs only
+    environment: dict[str, Any] = field(default_factory=dict)  # environment.json: where it ran (older runs: {})
 
     @cached_property
     def task(self) -> str:
@@ -81,6 +82,7 @@ def read_run(path: Path, name: str) -> Run:
     epochs = int(metrics.get("epochs_run", 0)) or 1 + max((e for v in series.values() for e, _ in v), default=0)
     # the rows after training (the best checkpoint validated and tested) carry the epoch count: left out
     series = {k: [(e, v) for e, v in s if e < epochs] for k, s in series.items() if not k.startswith("test/")}
+    env = read_json(path / "environment.json") if (path / "environment.json").is_file() else {}
     return Run(
         path=path,
         name=name,
@@ -90,6 +92,7 @@ def read_run(path: Path, name: str) -> Run:
         metrics=metrics,
         splits=_split_sizes(path / "splits"),
         series={k: v for k, v in series.items() if v},
+        environment=env if isinstance(env, dict) else {},
     )
 
 

@@ -6,6 +6,7 @@ import html
 import time
 
 from gpfuse.report.collect import Group, Run
+from gpfuse.utils.environment import summary_line
 
 __all__ = ["page", "run_block"]
 
@@ -36,6 +37,15 @@ def _duration(run: Run) -> str:
     return f"finished {stamp}, {minutes:.1f} min from its config to its metrics"
 
 
+def _machine(run: Run) -> str:
+    """Where the run trained (its environment.json), and where it was resumed if elsewhere."""
+    if not run.environment:
+        return "not recorded (a run from before environment.json)"
+    text = summary_line(run.environment)
+    others = {summary_line(e) for e in run.environment.get("resumed_on", [])} - {text}
+    return text + "".join(f"; resumed on {o}" for o in sorted(others))
+
+
 def run_block(run: Run) -> str:
     """A run's identity: folder, command, task and model, data splits, time, parameters, config."""
     m = run.metrics
@@ -49,6 +59,7 @@ def run_block(run: Run) -> str:
         ("seed", html.escape(str(m.get("seed", "?")))),
         ("epochs", html.escape(f"{m.get('epochs_run', '?')} run, best {m.get('best_epoch', '?')}")),
         ("time", html.escape(_duration(run))),
+        ("machine", html.escape(_machine(run))),
         (
             "parameters",
             html.escape(f"{params.get('total', 0):,} total, {params.get('trainable', 0):,} trainable"),

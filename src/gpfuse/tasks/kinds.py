@@ -21,6 +21,7 @@ from gpfuse.config import (
     VolumeDataConfig,
 )
 from gpfuse.utils.files import atomic_path
+from gpfuse.utils.progress import counter
 
 if TYPE_CHECKING:
     from gpfuse.tasks.reid_data import ReIDDataModule
@@ -273,7 +274,11 @@ def _predict_masks(predictor: Any, config: RunConfig, root: Path, out: Path, pro
     if root.name in IMAGE_DIRS and root.parent.is_dir():
         root = root.parent  # the masks beside the images folder are found too
     items = list_folder(root, masks=False)
-    maps = predictor.probabilities([it.image for it in items])
+    maps: list = []
+    with counter(f"predicting {root.name}: images", len(items)) as advance:
+        for start in range(0, len(items), predictor.batch_size):
+            maps += predictor.probabilities([it.image for it in items[start : start + predictor.batch_size]])
+            advance(len(maps) - start)
     return write_predictions(maps, items, out, predictor.threshold, save_probabilities=probabilities)
 
 

@@ -1,7 +1,8 @@
 """Train, evaluate and predict from a run folder; several seeds summarised as mean ± std.
 
 A run folder (``<output_dir>/<name>/seed_<seed>/``) holds: ``config.yaml`` (resolved), ``command.txt``,
-``splits/{train,valid,test}.txt``, ``data_stats.json``, ``checkpoints/{best,last}.ckpt``,
+``splits/{train,valid,test}.txt``, ``data_stats.json``, ``environment.json`` (the machine, the precision
+resolved; :mod:`gpfuse.utils.environment`), ``checkpoints/{best,last}.ckpt``,
 ``logs/attempt_<n>/metrics.csv`` (one per start or resume), ``metrics.json``, ``samples/`` (per-sample test
 results, :mod:`gpfuse.tasks.samples`), ``loss.png``, ``gates.png``,
 ``tensorboard/`` and ``mlruns/`` when ``train.loggers`` asks for them (:mod:`gpfuse.tasks.loggers`)
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -29,7 +31,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from gpfuse.config import ConfigError, RunConfig, apply_overrides, dump_config, validate_config
 from gpfuse.data.synthetic_marker import generated_roots
@@ -40,9 +42,12 @@ from gpfuse.tasks.finite_loss import FiniteLoss
 from gpfuse.tasks.kinds import TASK_KINDS, TaskData, at_data
 from gpfuse.tasks.loggers import add_loggers, log_test_metrics
 from gpfuse.tasks.plots import plot_run
+from gpfuse.tasks.progress import progress_callback
 from gpfuse.tasks.resume import RandomStateCheckpoint, check_checkpoint
 from gpfuse.tasks.samples import write_samples
+from gpfuse.utils import environment
 from gpfuse.utils.files import atomic_path, atomic_write_text, read_json
+from gpfuse.utils.precision import AUTO, resolve_precision, warn_if_emulated
 
 __all__ = [
     "EVAL_OVERRIDES",
@@ -153,6 +158,33 @@ def _check_resumable(run_dir: Path, config: RunConfig, resume: bool, main: bool 
     return last
 
 
+def _with_precision(config: RunConfig, run_dir: Path, resume: bool) -> RunConfig:
+    """``config`` with ``train.precision`` resolved (:mod:`gpfuse.utils.precision`): ``auto`` becomes what this
+    machine computes natively, except that a resumed run keeps the precision it started with (resumed equals
+    uninterrupted, on whatever machine it resumes)."""
+    t = config.train
+    saved = run_dir / "config.yaml"
+    if t.precision == AUTO and resume and saved.is_file():
+        precision = load_run_config(run_dir).train.precision
+    else:
+        precision = resolve_precision(t.precision, config.model["name"], t.accelerator)
+    rank_zero_info(
+        f"precision: {precision}" + (f" (train.precision {t.precision})" if precision != t.precision else "")
+    )
+    return config.model_copy(update={"train": t.model_copy(update={"precision": precision})})
+
+
+def _write_environment(run_dir: Path, config: RunConfig, requested: str) -> None:
+    """``run_dir/environment.json``: where the run started (:func:`gpfuse.utils.environment.describe`); each
+    resume on adds where it went on, under ``resumed_on``."""
+    env = environment.describe(config.train.precision, requested)
+    path = run_dir / "environment.json"
+    if path.is_file():
+        first = read_json(path)
+        env = {**first, "resumed_on": [*first.get("resumed_on", []), env]}
+    atomic_write_text(path, json.dumps(env, indent=2))
+
+
 def _save_model_folder(model: torch.nn.Module, config: RunConfig, run_dir: Path) -> Path:
     """``run_dir/model``: the weights and ``config.json``, and what prediction needs beside them (the resolved
     run config and the data statistics), so the folder predicts on its own (``gpfuse.load``)."""
@@ -198,6 +230,8 @@ def _trainer(
     """The Lightning trainer of ``config.train``; ``single_device`` runs on one device of the accelerator
     (prediction: one process writes every output once)."""
     t = config.train
+    precision = resolve_precision(t.precision, config.model["name"], t.accelerator)
+    warn_if_emulated(precision, t.accelerator)
     return L.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
@@ -205,11 +239,11 @@ def _trainer(
         strategy="auto" if single_device else t.strategy,
         num_nodes=1 if single_device else t.num_nodes,
         sync_batchnorm=t.sync_batchnorm and not single_device,
-        precision=t.precision,
+        precision=precision,
         accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic,
         gradient_clip_val=t.grad_clip,
-        callbacks=callbacks or [],
+        callbacks=[progress_callback(), *(callbacks or [])],
         logger=_logger(run_dir) if run_dir else False,
         default_root_dir=run_dir,
         enable_checkpointing=bool(run_dir),
@@ -252,6 +286,8 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     Checkpoints hold the random states (:class:`~gpfuse.tasks.resume.RandomStateCheckpoint`), so a run
     resumed from ``last.ckpt`` ends as the uninterrupted run would have."""
     run_dir = run_dir_for(config)
+    requested = config.train.precision
+    config = _with_precision(config, run_dir, resume)
     t = config.train
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -287,10 +323,16 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
         run_data.save_split_lists(run_dir / "splits")
         run_data.save_stats(run_dir / "data_stats.json")
+    if main:
+        _write_environment(run_dir, config, requested)
     if main and command:
         previous = (run_dir / "command.txt").read_text() if (run_dir / "command.txt").is_file() else ""
         atomic_write_text(run_dir / "command.txt", previous + command + "\n")
-    trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None, weights_only=True)
+    with warnings.catch_warnings():
+        # frozen parts (a frozen language model, frozen batch norms) are in eval mode on purpose: Lightning's
+        # warning about them at the start of training tells a user nothing
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None, weights_only=True)
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     valid = _strip(
         _merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "valid"

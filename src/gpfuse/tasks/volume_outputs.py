@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from gpfuse.utils.files import atomic_path
+from gpfuse.utils.progress import counter
 
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
@@ -68,17 +69,24 @@ def original_image(path: str) -> np.ndarray:
 def write_volume_predictions(predictor, files: list[Path], out: Path) -> Path:
     """For every NIfTI file: ``out/<name>_seg.nii.gz`` (uint8 labels on the file's grid: its affine and shape,
     from :class:`~gpfuse.inference.volumes.VolumePredictor`) and ``out/<name>_slices.png``."""
-    import nibabel as nib
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for path in files:
-        name = path.name.split(".nii")[0]
-        pred = predictor.predict(path)
-        source = cast("SpatialImage", nib.load(path))  # a NIfTI image
-        header = source.header.copy()
-        header.set_data_dtype(np.uint8)
-        with atomic_path(out / f"{name}_seg.nii.gz") as tmp:
-            tmp.write_bytes(gzip.compress(nib.Nifti1Image(pred, source.affine, header).to_bytes()))
-        save_mid_slices(original_image(str(path)), pred, out / f"{name}_slices.png", title=name)
+    with counter(f"predicting {out.name}: volumes", len(files)) as advance:
+        for path in files:
+            _write_one(predictor, path, out)
+            advance(1)
     return out
+
+
+def _write_one(predictor, path: Path, out: Path) -> None:
+    """The label volume and the slices PNG of one NIfTI file."""
+    import nibabel as nib
+
+    name = path.name.split(".nii")[0]
+    pred = predictor.predict(path)
+    source = cast("SpatialImage", nib.load(path))  # a NIfTI image
+    header = source.header.copy()
+    header.set_data_dtype(np.uint8)
+    with atomic_path(out / f"{name}_seg.nii.gz") as tmp:
+        tmp.write_bytes(gzip.compress(nib.Nifti1Image(pred, source.affine, header).to_bytes()))
+    save_mid_slices(original_image(str(path)), pred, out / f"{name}_slices.png", title=name)

@@ -1,4 +1,7 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename over the target."""
+"""Atomic file writes: write to a temporary name in the same folder, then rename over the target.
+
+The file ends with the mode any ordinary write would give it (0666 less the umask: 0644 under the usual umask
+0022), not the 0600 of the temporary file, so that colleagues can read run folders, masks and reports."""
 
 from __future__ import annotations
 
@@ -13,6 +16,19 @@ from typing import Any
 __all__ = ["atomic_path", "atomic_write_text", "read_json"]
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc/self/status), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed
@@ -23,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp made it 0600 (and a writer may have kept that mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
