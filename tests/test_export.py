@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import gpfuse
 from conftest import STILL_REID_TRAIN, colo_pair_data, polyp_folder_data, run_gpfuse, tiny_gpf_net
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
-from gpfuse.export import OnnxMismatchError, export_onnx
+from gpfuse.export import OnnxMismatchError, export_onnx, onnx_file
 from gpfuse.tasks.runner import run_dir_for, train
 
 pytestmark = pytest.mark.slow
@@ -49,16 +50,25 @@ def seg_run(tmp_path_factory):
         yield run_dir_for(cfg).resolve(), polyps.resolve()
 
 
-def test_export_carries_the_preprocessing_and_agrees_with_torch(seg_run, tmp_path):
-    run, polyps = seg_run
-    code, output = run_gpfuse("export", run, "--out", tmp_path / "ea_dk.onnx")
+@pytest.fixture(scope="module")
+def seg_onnx(seg_run, tmp_path_factory) -> tuple[Path, str]:
+    """``gpfuse export`` of the run (tens of seconds: the tests share it): (the file, the command's output)."""
+    path = tmp_path_factory.mktemp("export_file") / "ea_dk.onnx"
+    code, output = run_gpfuse("export", seg_run[0], "--out", path)
     assert code == 0, output
-    proto = onnx.load(str(tmp_path / "ea_dk.onnx"))
+    return path, output
+
+
+def test_export_carries_the_preprocessing_and_agrees_with_torch(seg_run, seg_onnx):
+    run, polyps = seg_run
+    path, output = seg_onnx
+    assert "torchvision" not in output  # the exporter's "torchvision is not installed" lines are dropped
+    proto = onnx.load(str(path))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["gpfuse_task"] == "segmentation" and json.loads(meta["input_size"]) == [32, 32]
     assert json.loads(meta["input_mean"]) == pytest.approx([127 / 255] * 3) and float(meta["threshold"]) == 0.5
     assert [i.name for i in proto.graph.input] == ["image"] and [o.name for o in proto.graph.output] == ["logits"]
-    session = ort.InferenceSession(str(tmp_path / "ea_dk.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     predictor = gpfuse.load(run)
     images = sorted((polyps / "images").iterdir())[:3]
     from gpfuse.inference.inputs import as_rgb
@@ -76,8 +86,10 @@ def test_export_carries_the_preprocessing_and_agrees_with_torch(seg_run, tmp_pat
         assert 0 < masks_torch.sum() < masks_torch.size and dice >= 0.999
 
 
-def test_a_failed_verification_names_the_difference_and_leaves_no_file(seg_run, tmp_path):
+def test_a_failed_verification_names_the_difference_and_leaves_no_file(seg_run, seg_onnx, tmp_path, monkeypatch):
     run, polyps = seg_run
+    # the graph the CLI exported, not traced again (tens of seconds): what is tested is the verification and clean-up
+    monkeypatch.setattr(onnx_file, "_export", lambda spec, tmp, opset: shutil.copyfile(seg_onnx[0], tmp))
     with pytest.raises(OnnxMismatchError, match=r"differs from torch by .* on 2 real inputs, above the tolerance"):
         export_onnx(
             run, tmp_path / "strict.onnx", verify_with=sorted((polyps / "images").iterdir())[:2], tolerance=1e-12

@@ -62,7 +62,7 @@ class StagedTextEncoder(nn.Module):
         self.trainable = trainable
         self.model.train(trainable)  # from_pretrained returns eval mode: a trained encoder keeps its dropout
         if hasattr(self.model, "pooler"):  # never used: keep every parameter trained
-            self.model.pooler = None  # type: ignore[assignment]  # torch's stub: Tensor | Module only; None works
+            self.model.pooler = None
 
     def train(self, mode: bool = True) -> StagedTextEncoder:
         super().train(mode)
