@@ -219,7 +219,8 @@ def test_a_terminal_gets_the_rich_bar_counting_epochs_from_one():
         def isatty(self) -> bool:
             return True
 
-    assert isinstance(progress_callback(io.StringIO()), PlainProgress)
+    plain = progress_callback(log := io.StringIO())
+    assert isinstance(plain, PlainProgress) and plain.stream is log  # its lines go where it was asked to print
     bar = progress_callback(_Tty())
     assert isinstance(bar, EpochBar)
     bar._trainer = SimpleNamespace(max_epochs=5)

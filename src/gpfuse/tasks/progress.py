@@ -211,5 +211,4 @@ class PlainProgress(ProgressBar):
 def progress_callback(stream: TextIO | None = None) -> ProgressBar:
     """The progress display for ``stream`` (default stdout): :class:`EpochBar` on a terminal, else
     :class:`PlainProgress`."""
-    stream = stream or sys.stdout
-    return EpochBar() if stream.isatty() else PlainProgress()
+    return EpochBar() if (stream or sys.stdout).isatty() else PlainProgress(stream=stream)
