@@ -32,11 +32,15 @@ browser:
 	  else echo "chromium not installed (needs root and apt-get): browser tests will skip"; fi; }
 
 # two pytest-xdist workers (one per core of the 2-core CI machine), each test file kept on one worker so that its
-# module fixtures (tiny trained runs, exports) are built once; the 20 slowest steps are listed at the end
+# module fixtures (tiny trained runs, exports) are built once, the slowest files first (tests/conftest.py); the 20
+# slowest steps are listed at the end
 TEST_WORKERS ?= 2
 
-test: lint browser
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
+# the type check runs inside pytest (tests/test_types.py), beside the other tests on the second core
+test: install browser
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 bench: install
 	$(BIN)/python benchmarks/fusion_scaling.py

@@ -66,6 +66,22 @@ def find_chromium() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
+MIN_PIXEL_STD = 2.0
+"""The screenshot's pixel standard deviation above which a page is not blank: a blank page is 0, a heading alone on
+white about 10."""
+
+
+def assert_renders(html: Path) -> None:
+    """``html`` opens in Chromium with no console error, at least one image and every image decoded, nothing
+    fetched from outside the file, and a page that is not blank."""
+    check = open_page(html)
+    assert check.console_errors == [], f"console errors in {html}: {check.console_errors}"
+    assert check.images > 0, f"{html} shows no <img>"
+    assert check.broken_images == [], f"images that did not decode in {html}: {check.broken_images}"
+    assert check.requests == [], f"{html} is not self-contained, it fetched {check.requests}"
+    assert pixel_std(check.screenshot) > MIN_PIXEL_STD, f"{html} renders blank"
+
+
 def pixel_std(png: bytes) -> float:
     """Standard deviation of all RGB values of a PNG: 0 for a blank (single-colour) image."""
     return float(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float64).std())

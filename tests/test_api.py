@@ -111,7 +111,13 @@ def place(tmp_path_factory):
                         "samples_per_volume": 1,
                         "sw_batch_size": 1,
                     },
-                    "model": {"name": "bipvl_seg", "feature_size": 12, "text": False, "alignment": False},
+                    "model": {
+                        "name": "bipvl_seg",
+                        "feature_size": 12,
+                        "depths": [1, 2, 1, 1],
+                        "text": False,
+                        "alignment": False,
+                    },
                     "train": {"max_epochs": 1, "seed": 1, "monitor": "valid/mean_dice", "monitor_mode": "max"},
                 }
             ),

@@ -187,7 +187,13 @@ def test_segmentation3d(tmp_path):
                 "cache_rate": 0.0,
             },
             # vision-only: the gathering is the task's, and the text branch would only add start-up time
-            "model": {"name": "bipvl_seg", "feature_size": 12, "text": False, "alignment": False},
+            "model": {
+                "name": "bipvl_seg",
+                "feature_size": 12,
+                "depths": [1, 2, 1, 1],
+                "text": False,
+                "alignment": False,
+            },
             "train": {"lr": 1e-3, "monitor": "valid/mean_dice", "monitor_mode": "max"},
         },
     )

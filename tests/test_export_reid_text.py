@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import STILL_REID_TRAIN, colo_pair_data, run_gpfuse, tiny_gpf_net
+from conftest import STILL_REID_TRAIN, colo_pair_data, run_gpfuse, tiny_gpf_net, two_layer_minilm
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
 from gpfuse.export import export_onnx
@@ -34,7 +34,7 @@ def text_run(tmp_path_factory):
             "name": "gpf_text",
             "output_dir": str(folder / "runs"),
             "data": colo_pair_data(colo),
-            "model": tiny_gpf_net(text_model="minilm", max_text_len=16),
+            "model": tiny_gpf_net(text_model=str(two_layer_minilm(folder / "minilm_2_layers")), max_text_len=16),
             # ImageNet weights and a near-zero rate, as in test_export.py: distinct, image-dependent features
             "train": STILL_REID_TRAIN,
         },
@@ -78,7 +78,9 @@ def test_reports_export_with_their_tokens_and_rank_as_torch(text_run, tmp_path):
     assert all(i.type.tensor_type.shape.dim[0].dim_param for i in proto.graph.input)  # dynamic batch
     meta = {p.key: p.value for p in proto.metadata_props}
     assert json.loads(meta["inputs"]) == ["image", "text_ids", "text_mask"]
-    assert meta["text_model"] == "minilm" and meta["max_text_len"] == "16" and "report" in meta["outputs"]
+    assert (
+        meta["text_model"].endswith("minilm_2_layers") and meta["max_text_len"] == "16" and "report" in meta["outputs"]
+    )
 
     reid = gpfuse.load(run)
     query, gallery, reports = _frames(folder)

@@ -36,6 +36,18 @@ def test_vision_only_is_swin_unetr_exactly():
         torch.testing.assert_close(net({"image": x}).logits, net.vision(x))  # MONAI's own forward
 
 
+def _blocks_per_stage(net) -> list[int]:
+    return [len(getattr(net.vision.swinViT, f"layers{i}")[0].blocks) for i in range(1, 5)]
+
+
+def test_swin_depths_reach_monai(model):
+    assert _blocks_per_stage(model) == [2, 2, 2, 2]  # the paper's (Swin-T's) by default
+    net = create_model("bipvl_seg", **{**SMALL, "text": False, "alignment": False, "depths": [1, 2, 1, 1]})
+    assert _blocks_per_stage(net) == [1, 2, 1, 1]
+    shifts = [tuple(block.shift_size) != (0, 0, 0) for block in net.vision.swinViT.layers2[0].blocks]
+    assert shifts == [False, True]  # stage 2 keeps its shifted-window block
+
+
 def test_shapes_and_that_fusion_starts_as_the_identity(model):
     model.eval()
     x = torch.randn(2, 1, *PATCH)

@@ -63,9 +63,9 @@ def _bipvl():
 
 SYSTEMS = {
     "grf": (_grf, 30),
-    "pgf_net": (_pgf, 8),
-    "gpf_net": (_gpf, 8),
-    "ea_dk": (_ea_dk, 12),
+    "pgf_net": (_pgf, 5),
+    "gpf_net": (_gpf, 5),
+    "ea_dk": (_ea_dk, 6),
     "bipvl_seg": (_bipvl, 2),  # few steps: bf16 is emulated (slow) on CPUs without AVX512-BF16
 }
 

@@ -1,5 +1,7 @@
 """``gpfuse report``: per-sample test results written at evaluation (RUN/samples/) and the self-contained HTML
-report (+ markdown tables) built from tiny runs of the four task kinds."""
+report (+ markdown tables) built from tiny runs of the four task kinds; each kind's report, and one of all four side
+by side, opens in headless Chromium with no console error, every image decoded, nothing fetched from outside the
+file, and a page that is not blank (skipped only where Chromium is not installed: ``make browser``)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from browser import assert_renders
 from conftest import colo_pair_data, mosi_data, polyp_folder_data, run_gpfuse, tiny_bipvl, tiny_grf
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
@@ -296,3 +299,26 @@ def test_a_folder_that_is_not_a_finished_run_is_named(sentiment, tmp_path):
     code, output = run_gpfuse("report", tmp_path / "root", "--out", tmp_path / "x.html")
     assert code == 2 and str(unfinished) in output and "not a finished run" in output
     assert not (tmp_path / "x.html").exists()
+
+
+# ---- in a browser ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(sentiment, seg_run, reid_run, volume_run) -> dict[str, Path]:
+    """One run folder per task kind."""
+    return {
+        "regression": sorted(sentiment["a"].glob("seed_*"))[0],
+        "retrieval": reid_run,
+        "segmentation": seg_run,
+        "segmentation3d": volume_run,
+    }
+
+
+@pytest.mark.parametrize("kind", ["regression", "retrieval", "segmentation", "segmentation3d"])
+def test_report_of_one_run_renders_in_chromium(runs, kind, tmp_path, chromium):
+    assert_renders(write_report([runs[kind]], tmp_path / f"{kind}.html"))
+
+
+def test_report_comparing_runs_of_every_kind_renders_in_chromium(runs, tmp_path, chromium):
+    assert_renders(write_report(list(runs.values()), tmp_path / "all.html"))

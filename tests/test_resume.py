@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import mosi_data, run_gpfuse, tiny_grf
@@ -58,8 +59,20 @@ def configs(tmp_path_factory) -> dict[str, Path]:
         }
         paths[name] = tmp / f"{name}.yaml"
         paths[name].write_text(yaml.safe_dump(raw))
-    _run("-m", "gpfuse.cli", "train", str(paths["whole"]))
+    _gpfuse("train", paths["whole"])
     return paths
+
+
+def _gpfuse(*args: str | Path) -> None:
+    """``gpfuse ARGS`` in this process on one thread, as the killed runs in theirs: the whole run and the resumes
+    need no fresh imports (a new process is what a kill needs, not what a resume needs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, output = run_gpfuse(*args)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, output
 
 
 def _metrics(config: Path) -> dict:
@@ -70,7 +83,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_metrics(configs):
     _run("-c", KILL, str(configs["killed"]), "2", "1", expect=-9)  # killed in epoch 2, after its 2nd batch
     run = configs["killed"].parent / "killed" / "tiny" / "seed_5"
     assert not (run / "metrics.json").exists() and (run / "checkpoints" / "last.ckpt").is_file()
-    _run("-m", "gpfuse.cli", "train", str(configs["killed"]), "--resume")
+    _gpfuse("train", configs["killed"], "--resume")
     assert _metrics(configs["killed"]) == _metrics(configs["whole"])
 
 
@@ -80,5 +93,5 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(configs):
     assert (run / "config.yaml").is_file() and not (run / "checkpoints" / "last.ckpt").exists()
     code, refused = run_gpfuse("train", configs["early"])  # in this process: a refusal needs no fresh imports
     assert code == 2 and "stopped before its first checkpoint: pass --resume" in " ".join(refused.split())
-    _run("-m", "gpfuse.cli", "train", str(configs["early"]), "--resume")
+    _gpfuse("train", configs["early"], "--resume")
     assert _metrics(configs["early"]) == _metrics(configs["whole"])

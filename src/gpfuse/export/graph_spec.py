@@ -39,13 +39,16 @@ class GraphSpec:
     """graph: ``forward(inputs: dict[str, Tensor])`` -> the ``outputs`` tensors (``BatchGraph`` or alike).
     inputs: real example inputs, in the ONNX input order (the graph is traced and verified on them).
     dynamic: per input name, ``{axis: dim name}``; axes sharing a name share one dynamic dimension.
-    meta: preprocessing and output notes stored as ONNX ``metadata_props``."""
+    meta: preprocessing and output notes stored as ONNX ``metadata_props``.
+    max_sizes: the largest size of a dynamic dimension, by dim name, where the model has one (a table of
+    positions): ``torch.export`` refuses an unbounded dim the model bounds and the exporter then traces again."""
 
     graph: nn.Module
     inputs: dict[str, Tensor]
     outputs: list[str]
     dynamic: dict[str, dict[int, str]]
     meta: dict[str, str] = field(default_factory=dict)
+    max_sizes: dict[str, int] = field(default_factory=dict)
 
 
 SpecBuilder = Callable[[SavedRun, Path, Sequence[Path] | None, int], GraphSpec]

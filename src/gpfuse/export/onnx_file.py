@@ -88,7 +88,10 @@ def _verify(path: Path, spec: GraphSpec, tolerance: float) -> float:
 def _export(spec: GraphSpec, tmp: Path, opset: int) -> None:
     dims: dict[str, torch.export.Dim] = {}
     dynamic = {
-        name: {axis: dims.setdefault(dim, torch.export.Dim(dim)) for axis, dim in spec.dynamic.get(name, {}).items()}
+        name: {
+            axis: dims.setdefault(dim, torch.export.Dim(dim, max=spec.max_sizes.get(dim)))
+            for axis, dim in spec.dynamic.get(name, {}).items()
+        }
         for name in spec.inputs
     }
     program = torch.onnx.export(

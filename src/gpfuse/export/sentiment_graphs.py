@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.utils.data import default_collate
 
 from gpfuse.config import SentimentDataConfig
+from gpfuse.encoders.sequence import SequenceProjection
 from gpfuse.export.graph_spec import BatchGraph, GraphSpec, register_spec
 from gpfuse.inference.saved_run import SavedRun
 from gpfuse.inference.sentiment import SentimentPredictor
@@ -58,6 +59,16 @@ def model_modalities(model: nn.Module, modalities: Sequence[str]) -> list[str]:
     else:
         raise NotImplementedError(f"ONNX export of a {type(model).__name__} sentiment model is not implemented")
     return [m for m in modalities if m in read]
+
+
+def _length_limit(model: nn.Module, modality: str) -> int | None:
+    """The longest sequence of ``modality`` the model takes: its table of positions (GRF, unimodal), else None."""
+    projection = None
+    if isinstance(model, GRF) and modality in model.projections:
+        projection = model.projections[modality]
+    elif isinstance(model, UnimodalRegressor) and modality == model.modality:
+        projection = model.projection
+    return len(cast(SequenceProjection, projection).pos.pe) if projection is not None else None
 
 
 def _input_keys(modalities: Sequence[str], tokens: bool) -> list[str]:
@@ -186,12 +197,15 @@ def sentiment_spec(run: SavedRun, run_dir: Path, given: Sequence[Path] | None, l
     d = cast(SentimentDataConfig, run.config.data)
     modalities = model_modalities(run.model, d.modalities)
     dynamic: dict[str, dict[int, str]] = {}
+    max_sizes: dict[str, int] = {}
     for m in modalities:
         key = "text_ids" if m == "text" and "text_ids" in inputs else m
         length = {1: f"{m}_len"} if inputs[key].shape[1] > 1 else {}
         dynamic[key] = dynamic[f"{m}_mask"] = {0: "batch", **length}
+        if length and (longest := _length_limit(run.model, m)) is not None:
+            max_sizes[f"{m}_len"] = longest
     model = merged_lora_copy(run.model) if isinstance(run.model, PGFNet) else run.model
     graph = BatchGraph(model, ["score"])
     if isinstance(run.model, PGFNet):
         _check_merge(run, graph, inputs)
-    return GraphSpec(graph, inputs, ["score"], dynamic, _meta(run, modalities, dynamic))
+    return GraphSpec(graph, inputs, ["score"], dynamic, _meta(run, modalities, dynamic), max_sizes)

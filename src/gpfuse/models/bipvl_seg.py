@@ -64,7 +64,8 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
         num_classes: label classes C, background included.
         class_texts: per class, its global prompt then its concept prompts (from the class-description CSV);
             needed unless ``text=False``.
-        in_channels, feature_size (48), use_v2: MONAI ``SwinUNETR`` options.
+        in_channels, feature_size (48), use_v2: MONAI ``SwinUNETR`` options. depths: Swin blocks per stage
+            ((2, 2, 2, 2), Swin-T's and the paper's; the second block of a stage is the shifted-window one).
         text: False gives the vision-only model (plain SwinUNETR). alignment: class-embedding head + the
             outputs the alignment losses need.
         text_model: ``"minilm"`` (offline default) or a local BERT-family folder (PubMedBERT / ClinicalBERT are
@@ -93,6 +94,7 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
         in_channels: int = 1,
         feature_size: int = 48,
         use_v2: bool = False,
+        depths: Sequence[int] = (2, 2, 2, 2),
         text: bool = True,
         alignment: bool = True,
         text_model: str = "minilm",
@@ -111,7 +113,11 @@ class BiPVLSeg(PretrainedMixin, nn.Module):
         if alignment and not text:
             raise ValueError("alignment needs the text branch: set text=True, or alignment=False for vision-only")
         self.vision = SwinUNETR(
-            in_channels=in_channels, out_channels=num_classes, feature_size=feature_size, use_v2=use_v2
+            in_channels=in_channels,
+            out_channels=num_classes,
+            feature_size=feature_size,
+            depths=tuple(depths),
+            use_v2=use_v2,
         )
         instance_norms_in_fp32(self.vision)  # bf16 instance norms of tiny blocks are wrong
         cpu_conv3d_in_fp32(self.vision)  # bf16 Conv3d backward on CPU gave NaN gradients (mixed_precision.py)
