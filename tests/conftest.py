@@ -31,21 +31,22 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 # last runs alone while the other core idles. Measured on a 2-core AMD EPYC (docs/results.md); the rest keep their
 # order. A stale list costs balance, never a result.
 SLOWEST_FILES = (
-    "test_ddp.py",
     "test_export_volume.py",
-    "test_export.py",
-    "test_precision.py",
+    "test_ddp.py",
     "test_types.py",
-    "test_resume.py",
+    "test_export.py",
     "test_report.py",
-    "test_export_reid_text.py",
-    "test_models_bipvl_seg.py",
+    "test_precision.py",
     "test_runs_bipvl.py",
+    "test_export_reid_text.py",
     "test_export_sentiment.py",
+    "test_models_bipvl_seg.py",
     "test_api.py",
+    "test_resume_rules.py",
+    "test_resume.py",
     "test_runs_reid.py",
     "test_runs_seg.py",
-    "test_gather.py",
+    "test_video.py",
     "test_runs_pgf.py",
 )
 

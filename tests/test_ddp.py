@@ -1,20 +1,30 @@
 """Lightning DDP for real: 2 CPU processes (gloo) through the `gpfuse` command, for every task kind on demo-size
 data. A 2-process training run writes one run folder; its figures and the same model evaluated in this one process
 agree (splits of odd size included, so DistributedSampler pads). For one kind, ``gpfuse eval`` under 2 processes
-agrees too and the run resumes under 2 processes."""
+agrees too and the run resumes under 2 processes.
+
+Two ways of starting the processes are both used: Lightning's own launcher (``gpfuse train ... devices=2``, which
+starts rank 1 as a new Python process) for the first run, and processes started from outside as torchrun or SLURM
+start them (each with its rank in its environment, so Lightning launches nothing) for the others. Those are forked
+from this test process, so they skip the 10-12 s of imports a new process pays here (issue 24)."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from conftest import mosi_data, tiny_grf
+from gpfuse import cli
 from gpfuse.config import load_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
@@ -28,11 +38,55 @@ DDP = ["--set", "train.accelerator=cpu", "--set", "train.devices=2", "--set", "t
 
 
 def _gpfuse(*args: str) -> None:
+    """``gpfuse ARGS`` in a new process: with ``DDP``, Lightning's launcher starts the second one."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
     proc = subprocess.run(
         [sys.executable, "-m", "gpfuse.cli", *args], capture_output=True, text=True, env=env, timeout=600
     )
     assert proc.returncode == 0, f"gpfuse {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gpfuse_ranks(tmp_path: Path, *args: str, world: int = 2) -> None:
+    """``gpfuse ARGS`` as ``world`` processes started from outside, as ``torchrun --nproc-per-node 2 -m gpfuse.cli
+    ARGS`` starts them (torchelastic's environment: each process has its rank, and Lightning launches nothing),
+    forked from this process: each rank's output goes to ``tmp_path/rank_<r>.log``."""
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world)}
+    env |= {"LOCAL_WORLD_SIZE": str(world), "GROUP_RANK": "0", "TORCHELASTIC_RUN_ID": "gpfuse-test"}
+    pids = []
+    for rank in range(world):
+        log = tmp_path / f"rank_{rank}.log"
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 1
+            try:
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+                torch.set_num_threads(1)
+                rank_zero_only.rank = rank  # what Lightning reads from the environment at import in a new process
+                sys.argv = ["gpfuse", *args]
+                try:
+                    cli.main()
+                    code = 0
+                except SystemExit as exit_:
+                    code = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        pids.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    logs = "\n".join(f"--- rank {r}:\n{(tmp_path / f'rank_{r}.log').read_text()[-3000:]}" for r in range(world))
+    assert codes == [0] * world, f"gpfuse {' '.join(args)} exited {codes}:\n{logs}"
 
 
 def _write(tmp_path: Path, raw: dict) -> Path:
@@ -62,8 +116,12 @@ def _same(a: dict, b: dict, exact: bool) -> None:
 
 def _train_evaluate_resume(config: Path, exact: bool = False, commands: bool = False) -> Path:
     """DDP training's evaluation equals one process's, for every kind; with ``commands``, also ``gpfuse eval``
-    under DDP and a DDP ``--resume`` (their code paths do not depend on the kind: one kind runs them)."""
-    _gpfuse("train", str(config), *DDP)
+    under DDP and a DDP ``--resume`` (their code paths do not depend on the kind: one kind runs them). The training
+    is started by Lightning's launcher with ``commands``, else from outside."""
+    if commands:
+        _gpfuse("train", str(config), *DDP)
+    else:
+        _gpfuse_ranks(config.parent, "train", str(config), *DDP)
     run = run_dir_for(load_config(config))
     assert [p.name for p in run.parent.iterdir() if p.is_dir()] == [run.name]  # one run folder, one writer
     assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
@@ -72,9 +130,9 @@ def _train_evaluate_resume(config: Path, exact: bool = False, commands: bool = F
     _same(two, one, exact)
     if not commands:
         return run
-    _gpfuse("eval", str(run), *DDP)
+    _gpfuse_ranks(config.parent, "eval", str(run), *DDP)
     _same(json.loads((run / "metrics.json").read_text()), one, exact)
-    _gpfuse("train", str(config), *DDP, "--resume", "--set", "train.max_epochs=2")
+    _gpfuse_ranks(config.parent, "train", str(config), *DDP, "--resume", "--set", "train.max_epochs=2")
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["epochs_run"] == 2 and sorted(p.name for p in (run / "logs").iterdir()) == ["attempt_0", "attempt_1"]
     assert (run / "command.txt").read_text().count("--resume") == 1
