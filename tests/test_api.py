@@ -23,6 +23,7 @@ from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
 from gpfuse.data.synthetic_volumes import write_synthetic_decathlon
+from gpfuse.metrics.reid import compute_distance_matrix
 from gpfuse.tasks.runner import predict, run_dir_for, train
 
 pytestmark = pytest.mark.slow
@@ -160,7 +161,11 @@ def test_reid_api_embeds_normalised_and_ranks_as_the_cli(place):
     with_text = reid.embed(gallery, reports=["flat polyp", "", "flat polyp"])
     assert np.allclose(with_text[1], emb[1], atol=1e-6) and not np.allclose(with_text[0], emb[0])
     order, dist = reid.rank(["query.jpg"], gallery, top_k=2)
-    assert order.shape == (1, 2) and dist[0, 0] <= dist[0, 1]
+    # against distances computed here from the raw embeddings (what evaluation ranks): the two nearest, in order
+    query, raw = (torch.from_numpy(reid.embed(x, normalize=False)) for x in (["query.jpg"], gallery))
+    expected = compute_distance_matrix(query, raw, reid.metric)
+    nearest = np.argsort(expected.numpy()[0], kind="stable")[:2]
+    assert order.tolist() == [nearest.tolist()] and np.allclose(dist[0], expected.numpy()[0][nearest], atol=1e-6)
     with pytest.raises(ValueError, match="2 reports for 3 images"):
         reid.embed(gallery, reports=["a", "b"])
     rows = list(csv.DictReader(predict(place["runs"]["gpf_net"], place["colo"], Path("ranks.csv")).open()))

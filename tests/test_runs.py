@@ -173,6 +173,11 @@ def test_train_writes_a_complete_run_folder_and_evaluates_the_same(tmp_path, mos
     out = predict(run, mosi_synth, tmp_path / "pred.csv")
     rows = out.read_text().splitlines()
     assert rows[0] == "id,split,score,label" and len(rows) == 41
+    out.write_text("an earlier file")
+    with pytest.raises(FileExistsError, match=r"pred.csv exists.*--overwrite"):
+        predict(run, mosi_synth, out)
+    assert out.read_text() == "an earlier file"
+    assert predict(run, mosi_synth, out, overwrite=True).read_text().splitlines() == rows
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(cfg)
 

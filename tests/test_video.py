@@ -168,3 +168,41 @@ def test_a_video_to_a_run_that_is_not_2d_segmentation_is_an_error(kvasir_video, 
     code, output = run_gpfuse("predict", tmp_path / "run", kvasir_video, "--out", tmp_path / "out.mp4")
     assert code == 2 and "video prediction is for 2D segmentation runs, this run is 'regression'" in output, output
     assert not (tmp_path / "out.mp4").exists()
+
+
+# ---- --out that already holds predictions (issue 25) ---------------------------------------------------------
+
+
+def test_predictions_into_a_folder_of_earlier_ones_are_refused_unless_overwrite(seg_run, tmp_path):
+    folder = write_synthetic_polyp_folder(tmp_path / "polyps", n_images=4, size=40) / "images"
+    out = tmp_path / "pred"
+    code, output = run_gpfuse("predict", seg_run, folder, "--out", out)
+    assert code == 0, output
+    two = tmp_path / "two"
+    two.mkdir()
+    for image in sorted(folder.iterdir())[:2]:
+        (two / image.name).write_bytes(image.read_bytes())
+    (out / "notes.txt").write_text("mine")  # not a prediction: kept either way
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    code, output = run_gpfuse("predict", seg_run, two, "--out", out)
+    assert code == 2 and f"--out {out} holds an earlier prediction" in output and "--overwrite" in output, output
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # nothing written, nothing lost
+    code, output = run_gpfuse("predict", seg_run, two, "--out", out, "--overwrite")
+    assert code == 0, output
+    assert sorted(p.name for p in (out / "masks").iterdir()) == sorted(
+        p.with_suffix(".png").name for p in two.iterdir()
+    )
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == sorted(p.name for p in (out / "masks").iterdir())
+    assert len((out / "predictions.csv").read_text().splitlines()) == 1 + 2
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_existing_overlay_video_is_not_replaced_without_overwrite(seg_run, kvasir_video, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier video")
+    code, output = run_gpfuse("predict", seg_run, kvasir_video, "--out", out)
+    assert code == 2 and f"--out {out} exists" in output and "--overwrite" in output, output
+    assert out.read_bytes() == b"an earlier video" and not out.with_suffix(".csv").exists()
+    code, output = run_gpfuse("predict", seg_run, kvasir_video, "--out", out, "--overwrite")
+    assert code == 0, output
+    assert len(read_frames(out)) == FRAMES

@@ -202,6 +202,9 @@ def predict(
     ),
     engine: str = typer.Option("torch", help="torch, or onnxruntime: the run's ONNX file (gpfuse export) on the CPU"),
     onnx: Path | None = typer.Option(None, help="--engine onnxruntime: the ONNX file (default RUN_DIR/model.onnx)"),
+    overwrite: bool = typer.Option(
+        False, help="replace an earlier prediction at --out (refused otherwise); other files there are kept"
+    ),
 ) -> None:
     """Apply the run's model to DATA: sentiment scores (id,split,score,label), re-identification top-10
     rankings (query,rank,gallery,distance,same_id), segmentation masks + overlays + predictions.csv (for a
@@ -209,7 +212,7 @@ def predict(
     grid."""
     from gpfuse.tasks.runner import predict as run_predict
 
-    path = run_predict(run_dir, data, out, save_probabilities, cast("Engine", engine), onnx)
+    path = run_predict(run_dir, data, out, save_probabilities, cast("Engine", engine), onnx, overwrite)
     if path is not None:
         console.print(f"predictions written to {path}")
 

@@ -56,7 +56,11 @@ class TaskKind:
     task: Callable[[RunConfig, nn.Module, L.LightningDataModule], L.LightningModule]
     figures: Callable[[nn.Module, L.LightningDataModule, Path], list[Path]]
     predict: Callable[[Any, RunConfig, Path, Path, bool], Path]  # (predictor, config, data, out, probabilities)
-    predicts_into_folder: bool = False  # predict writes a folder of files (else one CSV file)
+    folder_outputs: tuple[str, ...] = ()  # what predict writes into the folder --out (globs); () : one CSV file
+
+    @property
+    def predicts_into_folder(self) -> bool:
+        return bool(self.folder_outputs)
 
 
 def at_data(config: RunConfig, root: str | None, name: str = "other") -> RunConfig:
@@ -367,13 +371,20 @@ def _volume_inputs(data: L.LightningDataModule) -> dict[str, Any]:
 TASK_KINDS: dict[str, TaskKind] = {
     "regression": TaskKind(_sentiment_data, _sentiment_inputs, _regression_task, _no_figures, _predict_scores),
     "retrieval": TaskKind(_reid_data, _reid_inputs, _retrieval_task, _rank_list, _predict_ranks),
-    "segmentation": TaskKind(_seg_data, lambda dm: {}, _segmentation_task, _prediction_grid, _predict_masks, True),
+    "segmentation": TaskKind(
+        _seg_data,
+        lambda dm: {},
+        _segmentation_task,
+        _prediction_grid,
+        _predict_masks,
+        ("masks", "overlays", "probabilities", "predictions.csv"),
+    ),
     "segmentation3d": TaskKind(
         _volume_data,
         _volume_inputs,
         _volume_task,
         _volume_figure,
         _predict_volumes,
-        True,
+        ("*_seg.nii.gz", "*_slices.png"),
     ),
 }

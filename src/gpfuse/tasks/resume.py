@@ -20,13 +20,13 @@ from typing import Any, cast
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Dataset, DistributedSampler
 
 from gpfuse.models.io import CheckpointMismatchError
 
-__all__ = ["RandomStateCheckpoint", "check_checkpoint", "epoch_sampler"]
+__all__ = ["RandomStateCheckpoint", "ResumableEarlyStopping", "check_checkpoint", "epoch_sampler"]
 
 KEY = "gpfuse_random_states"
 
@@ -53,6 +53,17 @@ def _restore(states: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, state, python_gauss = states["python"]
     random.setstate((version, tuple(state.tolist()), python_gauss))
+
+
+class ResumableEarlyStopping(EarlyStopping):
+    """Early stopping whose decision survives a resume. Lightning restores its counters from the checkpoint but
+    not the trainer's ``should_stop``: a run that had stopped early and was killed before its end (testing,
+    writing its files) trained one more epoch when resumed. Restored with a wait count at the patience, it stops
+    the resumed fit before that epoch."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
 
 
 class RandomStateCheckpoint(Callback):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
@@ -43,7 +44,7 @@ from gpfuse.tasks.kinds import TASK_KINDS, TaskData, at_data
 from gpfuse.tasks.loggers import add_loggers, log_test_metrics
 from gpfuse.tasks.plots import plot_run
 from gpfuse.tasks.progress import progress_callback
-from gpfuse.tasks.resume import RandomStateCheckpoint, check_checkpoint
+from gpfuse.tasks.resume import RandomStateCheckpoint, ResumableEarlyStopping, check_checkpoint
 from gpfuse.tasks.samples import write_samples
 from gpfuse.utils import environment
 from gpfuse.utils.files import atomic_path, atomic_write_text, read_json
@@ -66,6 +67,10 @@ __all__ = [
 
 #: what ``gpfuse eval --set`` may change in a saved run's config: where and how it runs, never what it computes
 EVAL_OVERRIDES = ("train.accelerator", "train.devices", "train.strategy", "train.num_nodes", "data.num_workers")
+#: what ``--resume`` may set otherwise than the run it continues: where it runs, its loggers, and more epochs (the
+#: schedule then stretches to the new length from where it stopped). Anything else would leave files that
+#: describe another run than the one trained, and is refused by its key.
+RESUME_MAY_CHANGE = (*EVAL_OVERRIDES, "train.loggers", "train.max_epochs")
 
 
 class _RankZeroOnly(Protocol):
@@ -121,6 +126,40 @@ def load_run_config(run_dir: Path) -> RunConfig:
     return validate_config(raw, str(path))
 
 
+def _check_same_settings(run_dir: Path, saved: RunConfig, config: RunConfig) -> None:
+    """Refuse a resume whose settings differ from the run's beyond :data:`RESUME_MAY_CHANGE`, or with fewer
+    epochs than the run was set to, naming each dotted key."""
+    old, new = saved.model_dump(mode="json"), config.model_dump(mode="json")  # a tuple and its saved list are equal
+    diff = [
+        f"{section}.{k}: {old[section].get(k)!r} -> {new[section].get(k)!r}"
+        for section in ("data", "model", "train")
+        for k in sorted(set(old[section]) | set(new[section]))
+        if old[section].get(k) != new[section].get(k) and f"{section}.{k}" not in RESUME_MAY_CHANGE
+    ]
+    if config.train.max_epochs < saved.train.max_epochs:
+        diff.append(f"train.max_epochs: {saved.train.max_epochs} -> {config.train.max_epochs} (fewer)")
+    if diff:
+        raise CheckpointMismatchError(
+            f"{run_dir} was made with other settings than --resume asks for: {', '.join(diff)}. A resumed run may "
+            f"change only {', '.join(RESUME_MAY_CHANGE)} (more epochs); start a new run (another name) instead"
+        )
+
+
+def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+    """The metrics of a finished run (``metrics.json``, written last) that ``--resume`` leaves as it is, or None
+    when it goes on: more epochs than it ran were asked for, and it did not stop early."""
+    if not (run_dir / "metrics.json").is_file():
+        return None
+    metrics = read_json(run_dir / "metrics.json")
+    planned = load_run_config(run_dir).train.max_epochs
+    stopped_early = metrics["epochs_run"] < planned
+    if config.train.max_epochs > planned and not stopped_early and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return None
+    why = f"it stopped early after {metrics['epochs_run']} of {planned} epochs" if stopped_early else "nothing to add"
+    log.warning("%s is finished (metrics.json; %s): left as it is", run_dir, why)
+    return metrics
+
+
 def _check_resumable(run_dir: Path, config: RunConfig, resume: bool, main: bool = True) -> Path | None:
     """The checkpoint to resume from, or None to start at epoch 0. A new run must not exist yet (checked on the
     main process only: under DDP it has made the run folder before the other processes look); ``resume``
@@ -143,15 +182,7 @@ def _check_resumable(run_dir: Path, config: RunConfig, resume: bool, main: bool 
         raise FileNotFoundError(
             f"cannot resume: {run_dir} holds no run (no config.yaml); leave out --resume to start it"
         )
-    saved, current = load_run_config(run_dir).model_dump(mode="json"), config.model_dump(mode="json")
-    for section in ("data", "model"):  # as JSON: a tuple and the list it was saved as are the same value
-        old, new = saved[section], current[section]
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            raise CheckpointMismatchError(
-                f"{run_dir} was made with another {section} config: "
-                + ", ".join(f"{section}.{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff)
-            )
+    _check_same_settings(run_dir, load_run_config(run_dir), config)
     if not last.is_file():
         log.warning("%s stopped before its first checkpoint: starting it again from epoch 0", run_dir)
         return None
@@ -288,6 +319,10 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     run_dir = run_dir_for(config)
     requested = config.train.precision
     config = _with_precision(config, run_dir, resume)
+    if resume and (run_dir / "config.yaml").is_file():
+        _check_same_settings(run_dir, load_run_config(run_dir), config)
+        if (finished := _finished(run_dir, config)) is not None:
+            return finished
     t = config.train
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -301,7 +336,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     latest = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
-    stopper = EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.patience)
+    stopper = ResumableEarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.patience)
     trainer = _trainer(
         config, run_dir, [checkpoint, latest, stopper, RandomStateCheckpoint(), FiniteLoss(), *(callbacks or [])]
     )
@@ -319,8 +354,9 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     task = _task(config, model, data)
     if last is not None:
         check_checkpoint(last, task)
-    elif main:
+    if main:  # a resume's config differs at most in RESUME_MAY_CHANGE: the folder keeps the one it ends with
         atomic_write_text(run_dir / "config.yaml", dump_config(config))
+    if last is None and main:
         run_data.save_split_lists(run_dir / "splits")
         run_data.save_stats(run_dir / "data_stats.json")
     if main:
@@ -384,14 +420,7 @@ def train_seeds(
             update.update(name=fold_name(config.name, fold), data=config.data.model_copy(update={"fold": fold}))
         variant = config.model_copy(update=update)
         run_dir = run_dir_for(variant)
-        resume_this = resume and (run_dir / "config.yaml").is_file()
-        if (
-            resume_this
-            and (run_dir / "metrics.json").is_file()
-            and not (run_dir / "checkpoints" / "last.ckpt").is_file()
-        ):
-            results.append(read_json(run_dir / "metrics.json"))
-            continue
+        resume_this = resume and (run_dir / "config.yaml").is_file()  # a finished one is left as it is (train)
         results.append(train(variant, resume=resume_this, command=command))
     summary = {
         "seeds": seeds,
@@ -520,6 +549,7 @@ def predict(
     save_probabilities: bool = False,
     engine: Engine = "torch",
     onnx_file: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Path | None:
     """Apply a run's saved model to the data under ``data_root`` and write ``out``, through the predictors of
     :mod:`gpfuse.inference` (what ``gpfuse.load`` gives): sentiment runs score every utterance (CSV
@@ -532,6 +562,11 @@ def predict(
 
     ``engine="onnxruntime"``: the run's model is its ONNX file (``onnx_file``, default ``run_dir/model.onnx``
     of ``gpfuse export``) run by ONNX Runtime on the CPU; the outputs are the same.
+
+    An ``out`` file that exists, or an ``out`` folder that is not empty, is refused (stale predictions would be
+    read with the new ones) unless ``overwrite``, which first removes what this prediction writes there (the
+    masks, overlays, probability maps and ``predictions.csv`` of a 2D run; the label volumes and slices of a 3D
+    run; the CSV, or the video and its CSV); other files in the folder are kept.
 
     Prediction runs in one process on one device, so that every sample is written exactly once; started
     by a multi-process launcher (torchrun, srun), the processes other than rank 0 do nothing and return None.
@@ -547,7 +582,9 @@ def predict(
     config = load_run_config(run_dir)
     kind = TASK_KINDS[config.task]
     video = check_video_request(config.task, data_root, out)
-    _check_output(out, folder=kind.predicts_into_folder and not video)  # before the long work
+    folder = kind.predicts_into_folder and not video
+    written = kind.folder_outputs if folder else (out.name, out.with_suffix(".csv").name) if video else (out.name,)
+    _check_output(out, folder, written, overwrite)  # before the long work
     gpu = engine == "torch" and torch.cuda.is_available() and config.train.accelerator in ("auto", "gpu", "cuda")
     predictor = load(run_dir, "cuda" if gpu else "cpu", engine, onnx_file)
     if video:  # a 2D segmentation run on a video file: an overlay video + per-frame CSV
@@ -555,10 +592,29 @@ def predict(
     return kind.predict(predictor, config, data_root, out, save_probabilities)
 
 
-def _check_output(out: Path, folder: bool) -> None:
-    """``out`` can take a prediction folder (``folder``) or file: it is not the other kind, and can be written."""
+def _check_output(out: Path, folder: bool, written: Sequence[str], overwrite: bool) -> None:
+    """``out`` can take a prediction folder (``folder``) or file: it is not the other kind, holds nothing yet
+    (unless ``overwrite``: then the entries ``written`` names, globs in the folder or files beside ``out``, are
+    removed first), and can be written."""
     if folder and out.is_file():
         raise ValueError(f"--out {out} is a file; this run writes a folder of predictions there")
     if not folder and out.is_dir():
         raise ValueError(f"--out {out} is a folder; this run writes one CSV file: give its path")
-    _writable_folder(out if folder else out.parent)
+    base = out if folder else out.parent
+    ours = sorted({p for pattern in written for p in base.glob(pattern)}) if base.is_dir() else []
+    if not overwrite:
+        if folder and out.is_dir() and any(out.iterdir()):
+            what = (
+                "an earlier prediction (" + ", ".join(p.name for p in ours[:4]) + ")"
+                if ours
+                else f"other files ({', '.join(sorted(p.name for p in out.iterdir())[:4])})"
+            )
+            raise FileExistsError(
+                f"--out {out} holds {what}: the new predictions would be mixed with them. Pass --overwrite to "
+                "replace this run's kind of outputs there, or give an empty or new folder"
+            )
+        if not folder and out.exists():
+            raise FileExistsError(f"--out {out} exists: pass --overwrite to replace it, or give another path")
+    for path in ours:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    _writable_folder(base)
