@@ -13,11 +13,11 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from conftest import mosi_data, run_gpfuse, tiny_grf
-from gpfuse.config import validate_config
+from gpfuse.config import dump_config, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.inference.saved_run import RUN_CONFIG
 from gpfuse.models.io import CheckpointMismatchError
-from gpfuse.tasks.runner import run_dir_for, train
+from gpfuse.tasks.runner import _finished, run_dir_for, train
 
 pytestmark = pytest.mark.slow
 
@@ -113,9 +113,14 @@ def test_a_changed_setting_is_refused_by_its_key(tmp_path, mosi, option, key):
 
 def test_more_epochs_and_another_place_to_run_are_accepted_and_the_run_keeps_one_config(tmp_path, mosi):
     cfg = validate_config(_raw(tmp_path, mosi), "test")
-    train(cfg)
+    first = train(cfg)
     run = run_dir_for(cfg)
+    assert first["stopped_early"] is False
     longer = validate_config(_raw(tmp_path, mosi, max_epochs=3, devices=1), "test")
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(dump_config(longer))  # as the other DDP ranks find it once rank 0 has begun
+    assert _finished(run, longer) is None
+    (run / "config.yaml").write_text(config)
     metrics = train(longer, resume=True)
     assert metrics["epochs_run"] == 3
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -129,7 +134,7 @@ def test_a_run_that_stopped_early_stays_stopped(tmp_path, mosi):
     cfg = validate_config(_raw(tmp_path, mosi, max_epochs=6, **still), "test")
     metrics = train(cfg)
     run = run_dir_for(cfg)
-    assert metrics["epochs_run"] == 2  # the premise: it stopped early
+    assert metrics["epochs_run"] == 2 and metrics["stopped_early"]  # the premise: it stopped early
     before = _files(run)
     more = validate_config(_raw(tmp_path, mosi, max_epochs=8, **still), "test")
     assert train(more, resume=True) == metrics and _files(run) == before  # more epochs do not restart it

@@ -151,11 +151,13 @@ def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
     if not (run_dir / "metrics.json").is_file():
         return None
     metrics = read_json(run_dir / "metrics.json")
-    planned = load_run_config(run_dir).train.max_epochs
-    stopped_early = metrics["epochs_run"] < planned
-    if config.train.max_epochs > planned and not stopped_early and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    ran = metrics["epochs_run"]
+    # from metrics.json, not config.yaml: under DDP, rank 0 rewrites config.yaml with the new max_epochs before
+    # Lightning starts the other ranks, which must still see a run to go on with
+    stopped_early = metrics.get("stopped_early", ran < load_run_config(run_dir).train.max_epochs)
+    if config.train.max_epochs > ran and not stopped_early and (run_dir / "checkpoints" / "last.ckpt").is_file():
         return None
-    why = f"it stopped early after {metrics['epochs_run']} of {planned} epochs" if stopped_early else "nothing to add"
+    why = f"it stopped early after {ran} epochs" if stopped_early else "nothing to add"
     log.warning("%s is finished (metrics.json; %s): left as it is", run_dir, why)
     return metrics
 
@@ -369,6 +371,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         # warning about them at the start of training tells a user nothing
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None, weights_only=True)
+    stopped_early = stopper.wait_count >= stopper.patience  # read before validate/test run the callbacks again
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     valid = _strip(
         _merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "valid"
@@ -380,6 +383,7 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         "test": test,
         "best_epoch": best_epoch,
         "epochs_run": trainer.current_epoch,
+        "stopped_early": stopped_early,
         "parameters": _count(model),
         "seed": t.seed,
         **_synthetic_note(config),
