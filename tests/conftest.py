@@ -177,6 +177,27 @@ def tiny_gpf_net(**overrides) -> dict:
 STILL_REID_TRAIN = {"max_epochs": 1, "seed": 3, "lr": 1e-9, "monitor": "valid/mAP", "monitor_mode": "max"}
 
 
+def still_reid_run(folder: Path, name: str = "gpf", **model) -> tuple[Path, Path]:
+    """A tiny GPF-Net (``tiny_gpf_net(**model)``) trained one epoch at a near-zero rate on 6 synthetic Colo-Pair
+    videos under ``folder``: (run folder, data root). ImageNet weights and the still rate give distinct,
+    image-dependent embeddings, so the rankings tests compare are not decided by ties."""
+    from gpfuse.config import validate_config
+    from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
+    from gpfuse.tasks.runner import run_dir_for, train
+
+    colo = write_synthetic_colo_pair(folder / "colo", n_videos=6, frames_per_view=2, size=48)
+    raw = {
+        "name": name,
+        "output_dir": str(folder / "runs"),
+        "data": colo_pair_data(colo),
+        "model": tiny_gpf_net(**model),
+        "train": STILL_REID_TRAIN,
+    }
+    cfg = validate_config(raw, "test")
+    train(cfg)
+    return run_dir_for(cfg), colo
+
+
 def two_layer_minilm(folder: Path) -> Path:
     """The shipped MiniLM cut to its first 2 layers, saved with its tokenizer as a local backbone folder (exports of
     models that hold it stay quick)."""
@@ -192,10 +213,16 @@ def two_layer_minilm(folder: Path) -> Path:
     return folder
 
 
+def tiny_bipvl_model(**overrides) -> dict:
+    """The model section of a tiny BiPVL-Seg (feature size 12). Swin depths (1, 2, 1, 1): every code path of the
+    paper's (2, 2, 2, 2) (stage 2 keeps its shifted-window block) in three quarters of the time; the model tests
+    (tests/test_models_bipvl_seg.py) use the paper's depths."""
+    return {"name": "bipvl_seg", "feature_size": 12, "depths": [1, 2, 1, 1], **overrides}
+
+
 def tiny_bipvl(root: Path | str, output: Path | str, name: str = "tiny_bipvl", test_cases: int = 1, **model) -> dict:
-    """A one-epoch BiPVL-Seg run config (feature size 12, 32x64x32 patches) on a synthetic Decathlon folder. Swin
-    depths (1, 2, 1, 1): every code path of the paper's (2, 2, 2, 2) (stage 2 keeps its shifted-window block) in
-    three quarters of the time; the model tests (tests/test_models_bipvl_seg.py) use the paper's depths."""
+    """A one-epoch BiPVL-Seg run config (:func:`tiny_bipvl_model`, 32x64x32 patches) on a synthetic Decathlon
+    folder."""
     root = Path(root)
     return {
         "name": name,
@@ -211,15 +238,7 @@ def tiny_bipvl(root: Path | str, output: Path | str, name: str = "tiny_bipvl", t
             "crop_foreground": False,
             "sw_batch_size": 1,
         },
-        "model": {
-            "name": "bipvl_seg",
-            "feature_size": 12,
-            "depths": [1, 2, 1, 1],
-            "fusion_heads": 4,
-            "fusion_mlp": 32,
-            "max_text_len": 16,
-        }
-        | model,
+        "model": tiny_bipvl_model(fusion_heads=4, fusion_mlp=32, max_text_len=16) | model,
         "train": {
             "max_epochs": 1,
             "lr": 1e-3,

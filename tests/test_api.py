@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import colo_pair_data, polyp_folder_data, run_gpfuse
+from conftest import colo_pair_data, polyp_folder_data, run_gpfuse, tiny_bipvl_model
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
@@ -112,13 +112,7 @@ def place(tmp_path_factory):
                         "samples_per_volume": 1,
                         "sw_batch_size": 1,
                     },
-                    "model": {
-                        "name": "bipvl_seg",
-                        "feature_size": 12,
-                        "depths": [1, 2, 1, 1],
-                        "text": False,
-                        "alignment": False,
-                    },
+                    "model": tiny_bipvl_model(text=False, alignment=False),
                     "train": {"max_epochs": 1, "seed": 1, "monitor": "valid/mean_dice", "monitor_mode": "max"},
                 }
             ),

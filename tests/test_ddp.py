@@ -23,7 +23,7 @@ import torch
 import yaml
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
-from conftest import mosi_data, tiny_grf
+from conftest import mosi_data, tiny_bipvl_model, tiny_grf
 from gpfuse import cli
 from gpfuse.config import load_config
 from gpfuse.data.synthetic import write_synthetic_mosi
@@ -245,13 +245,7 @@ def test_segmentation3d(tmp_path):
                 "cache_rate": 0.0,
             },
             # vision-only: the gathering is the task's, and the text branch would only add start-up time
-            "model": {
-                "name": "bipvl_seg",
-                "feature_size": 12,
-                "depths": [1, 2, 1, 1],
-                "text": False,
-                "alignment": False,
-            },
+            "model": tiny_bipvl_model(text=False, alignment=False),
             "train": {"lr": 1e-3, "monitor": "valid/mean_dice", "monitor_mode": "max"},
         },
     )

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import STILL_REID_TRAIN, colo_pair_data, polyp_folder_data, run_gpfuse, tiny_gpf_net
+from conftest import polyp_folder_data, run_gpfuse, still_reid_run
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.export import OnnxMismatchError, export_onnx, onnx_file
@@ -85,24 +85,8 @@ def seg_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reid_run(tmp_path_factory):
-    from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
-
-    tmp = tmp_path_factory.mktemp("onnx_reid")
-    colo = write_synthetic_colo_pair(tmp / "colo", n_videos=6, frames_per_view=2, size=48)
-    cfg = validate_config(
-        {
-            "name": "gpf",
-            "output_dir": str(tmp / "runs"),
-            "data": colo_pair_data(colo),
-            "model": tiny_gpf_net(),
-            # ImageNet weights and a near-zero rate: distinct embeddings (see tests/test_export.py), so rankings
-            # are not decided by ties
-            "train": STILL_REID_TRAIN,
-        },
-        "test",
-    )
-    train(cfg)
-    run = run_dir_for(cfg)
+    """A tiny GPF-Net run without reports, exported to ``RUN/model.onnx``: (run folder, its data root)."""
+    run, colo = still_reid_run(tmp_path_factory.mktemp("onnx_reid"))
     frames = sorted(colo.rglob("*.jpg"))
     _export(run, *[a for p in frames[:3] for a in ("--verify-with", p)])
     return run, colo

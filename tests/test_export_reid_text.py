@@ -13,12 +13,9 @@ import torch
 from PIL import Image
 
 import gpfuse
-from conftest import STILL_REID_TRAIN, colo_pair_data, run_gpfuse, tiny_gpf_net, two_layer_minilm
-from gpfuse.config import validate_config
-from gpfuse.data.synthetic_reid import write_synthetic_colo_pair
+from conftest import run_gpfuse, still_reid_run, two_layer_minilm
 from gpfuse.export import export_onnx
 from gpfuse.metrics.reid import compute_distance_matrix
-from gpfuse.tasks.runner import run_dir_for, train
 
 pytestmark = pytest.mark.slow
 onnx = pytest.importorskip("onnx")
@@ -28,22 +25,11 @@ ort = pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export_reid")
-    colo = write_synthetic_colo_pair(folder / "colo", n_videos=6, frames_per_view=2, size=48)
-    cfg = validate_config(
-        {
-            "name": "gpf_text",
-            "output_dir": str(folder / "runs"),
-            "data": colo_pair_data(colo),
-            "model": tiny_gpf_net(text_model=str(two_layer_minilm(folder / "minilm_2_layers")), max_text_len=16),
-            # ImageNet weights and a near-zero rate, as in test_export.py: distinct, image-dependent features
-            "train": STILL_REID_TRAIN,
-        },
-        "test",
-    )
-    train(cfg)
-    code, output = run_gpfuse("export", run_dir_for(cfg), "--out", folder / "gpf_text.onnx")
+    backbone = two_layer_minilm(folder / "minilm_2_layers")
+    run, _ = still_reid_run(folder, "gpf_text", text_model=str(backbone), max_text_len=16)
+    code, output = run_gpfuse("export", run, "--out", folder / "gpf_text.onnx")
     assert code == 0, output
-    return folder, run_dir_for(cfg), folder / "gpf_text.onnx"
+    return folder, run, folder / "gpf_text.onnx"
 
 
 def _frames(folder: Path) -> tuple[list[Path], list[Path], list[str]]:

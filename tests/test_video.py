@@ -201,7 +201,7 @@ def test_an_existing_overlay_video_is_not_replaced_without_overwrite(seg_run, kv
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an earlier video")
     code, output = run_gpfuse("predict", seg_run, kvasir_video, "--out", out)
-    assert code == 2 and f"--out {out} exists" in output and "--overwrite" in output, output
+    assert code == 2 and f"--out {out}: {out} exists" in output and "--overwrite" in output, output
     assert out.read_bytes() == b"an earlier video" and not out.with_suffix(".csv").exists()
     code, output = run_gpfuse("predict", seg_run, kvasir_video, "--out", out, "--overwrite")
     assert code == 0, output

@@ -63,12 +63,12 @@ def model_modalities(model: nn.Module, modalities: Sequence[str]) -> list[str]:
 
 def _length_limit(model: nn.Module, modality: str) -> int | None:
     """The longest sequence of ``modality`` the model takes: its table of positions (GRF, unimodal), else None."""
-    projection = None
+    projection: SequenceProjection | None = None
     if isinstance(model, GRF) and modality in model.projections:
-        projection = model.projections[modality]
+        projection = cast(SequenceProjection, model.projections[modality])
     elif isinstance(model, UnimodalRegressor) and modality == model.modality:
         projection = model.projection
-    return len(cast(SequenceProjection, projection).pos.pe) if projection is not None else None
+    return None if projection is None else len(projection.pos.pe)
 
 
 def _input_keys(modalities: Sequence[str], tokens: bool) -> list[str]:

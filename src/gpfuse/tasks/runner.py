@@ -145,7 +145,7 @@ def _check_same_settings(run_dir: Path, saved: RunConfig, config: RunConfig) -> 
         )
 
 
-def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
+def _finished(run_dir: Path, saved: RunConfig, config: RunConfig) -> dict[str, Any] | None:
     """The metrics of a finished run (``metrics.json``, written last) that ``--resume`` leaves as it is, or None
     when it goes on: more epochs than it ran were asked for, and it did not stop early."""
     if not (run_dir / "metrics.json").is_file():
@@ -154,7 +154,7 @@ def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
     ran = metrics["epochs_run"]
     # from metrics.json, not config.yaml: under DDP, rank 0 rewrites config.yaml with the new max_epochs before
     # Lightning starts the other ranks, which must still see a run to go on with
-    stopped_early = metrics.get("stopped_early", ran < load_run_config(run_dir).train.max_epochs)
+    stopped_early = metrics.get("stopped_early", ran < saved.train.max_epochs)  # older runs: from the config
     if config.train.max_epochs > ran and not stopped_early and (run_dir / "checkpoints" / "last.ckpt").is_file():
         return None
     why = f"it stopped early after {ran} epochs" if stopped_early else "nothing to add"
@@ -165,8 +165,8 @@ def _finished(run_dir: Path, config: RunConfig) -> dict[str, Any] | None:
 def _check_resumable(run_dir: Path, config: RunConfig, resume: bool, main: bool = True) -> Path | None:
     """The checkpoint to resume from, or None to start at epoch 0. A new run must not exist yet (checked on the
     main process only: under DDP it has made the run folder before the other processes look); ``resume``
-    needs a run of the same data and model config, and starts it again from epoch 0 when it stopped before
-    its first checkpoint."""
+    needs a run that exists (its settings are checked by :func:`train` first), and starts it again from epoch 0
+    when it stopped before its first checkpoint."""
     last = run_dir / "checkpoints" / "last.ckpt"
     started = (run_dir / "config.yaml").exists()
     if not resume:
@@ -184,7 +184,6 @@ def _check_resumable(run_dir: Path, config: RunConfig, resume: bool, main: bool 
         raise FileNotFoundError(
             f"cannot resume: {run_dir} holds no run (no config.yaml); leave out --resume to start it"
         )
-    _check_same_settings(run_dir, load_run_config(run_dir), config)
     if not last.is_file():
         log.warning("%s stopped before its first checkpoint: starting it again from epoch 0", run_dir)
         return None
@@ -322,8 +321,9 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     requested = config.train.precision
     config = _with_precision(config, run_dir, resume)
     if resume and (run_dir / "config.yaml").is_file():
-        _check_same_settings(run_dir, load_run_config(run_dir), config)
-        if (finished := _finished(run_dir, config)) is not None:
+        saved = load_run_config(run_dir)
+        _check_same_settings(run_dir, saved, config)
+        if (finished := _finished(run_dir, saved, config)) is not None:
             return finished
     t = config.train
     checkpoint = ModelCheckpoint(
@@ -598,14 +598,16 @@ def predict(
 
 def _check_output(out: Path, folder: bool, written: Sequence[str], overwrite: bool) -> None:
     """``out`` can take a prediction folder (``folder``) or file: it is not the other kind, holds nothing yet
-    (unless ``overwrite``: then the entries ``written`` names, globs in the folder or files beside ``out``, are
+    (unless ``overwrite``: then what ``written`` names, globs in the folder or file names beside ``out``, is
     removed first), and can be written."""
     if folder and out.is_file():
         raise ValueError(f"--out {out} is a file; this run writes a folder of predictions there")
     if not folder and out.is_dir():
         raise ValueError(f"--out {out} is a folder; this run writes one CSV file: give its path")
-    base = out if folder else out.parent
-    ours = sorted({p for pattern in written for p in base.glob(pattern)}) if base.is_dir() else []
+    if folder:
+        ours = sorted({p for pattern in written for p in out.glob(pattern)}) if out.is_dir() else []
+    else:
+        ours = [path for path in (out.parent / name for name in written) if path.exists()]
     if not overwrite:
         if folder and out.is_dir() and any(out.iterdir()):
             what = (
@@ -617,8 +619,13 @@ def _check_output(out: Path, folder: bool, written: Sequence[str], overwrite: bo
                 f"--out {out} holds {what}: the new predictions would be mixed with them. Pass --overwrite to "
                 "replace this run's kind of outputs there, or give an empty or new folder"
             )
-        if not folder and out.exists():
-            raise FileExistsError(f"--out {out} exists: pass --overwrite to replace it, or give another path")
+        if ours:
+            raise FileExistsError(
+                f"--out {out}: {', '.join(map(str, ours))} exists; pass --overwrite to replace it, or give another path"
+            )
     for path in ours:
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    _writable_folder(base)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    _writable_folder(out if folder else out.parent)
