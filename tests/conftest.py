@@ -248,3 +248,19 @@ def tiny_bipvl(root: Path | str, output: Path | str, name: str = "tiny_bipvl", t
             "monitor_mode": "max",
         },
     }
+
+
+def assert_predicted_scores_match_eval(run: Path, data: Path | str, out: Path) -> None:
+    """``gpfuse predict`` of a sentiment run on its own data scores every test utterance as evaluation wrote in
+    ``samples/test.csv`` (to 1e-5)."""
+    import csv
+
+    from gpfuse.tasks.runner import predict
+
+    with (run / "samples" / "test.csv").open() as f:
+        evaluated = {r["id"]: float(r["prediction"]) for r in csv.DictReader(f)}
+    with predict(run, data, out).open() as f:  # type: ignore[union-attr]  # one process: a path
+        predicted = {r["id"]: float(r["score"]) for r in csv.DictReader(f) if r["split"] == "test"}
+    assert predicted.keys() == evaluated.keys() and len(evaluated) > 1
+    worst = max(abs(predicted[k] - evaluated[k]) for k in evaluated)
+    assert worst <= 1e-5, f"predict differs from eval by up to {worst:.3g}"

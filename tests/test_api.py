@@ -208,6 +208,13 @@ def test_sentiment_api_matches_the_cli_and_names_missing_inputs(place):
         sentiment.predict(["good"])
     with pytest.raises(ValueError, match="audio: every row must be"):
         sentiment.predict(["good"], audio=np.zeros((1, 5)))
+    audio = test.features["audio"][:2]  # (2, 1, D) with its stored mask: what predict scored above
+    masked = sentiment.predict(test.texts[:2].tolist(), audio=audio, masks={"audio": test.masks["audio"][:2]})
+    np.testing.assert_allclose(masked, scores[:2], atol=1e-6)
+    with pytest.raises(ValueError, match="audio: row 1 has no real step"):
+        sentiment.predict(["good", "bad"], audio=audio, masks={"audio": np.array([[True], [False]])})
+    with pytest.raises(ValueError, match=r"masks for unknown modalities \['video'\]"):
+        sentiment.predict(["good"], audio=audio[:1], masks={"video": np.ones((1, 1), bool)})
     with pytest.raises(ValueError, match="reads .*not \\['vision'\\]"):
         sentiment.predict(["good"], audio=np.zeros((1, 73)), vision=np.zeros((1, 5)))
 
@@ -229,13 +236,16 @@ def test_volume_api_on_the_input_grid_from_a_path_or_an_array(place):
 
 
 def test_a_model_folder_predicts_on_its_own_from_another_directory(place, tmp_path, monkeypatch):
+    import nibabel as nib
+
     moved = shutil.copytree(place["runs"]["bipvl_seg"] / "model", tmp_path / "just_the_model")
     volume = shutil.copy("volume.nii.gz", tmp_path / "v.nii.gz")
     monkeypatch.chdir(tmp_path)  # the training data's relative paths do not resolve from here
     labels = gpfuse.load(moved).predict(volume)
     assert labels.shape == (32, 64, 16)
     out = predict(place["runs"]["bipvl_seg"], volume, tmp_path / "pred")  # the CLI path, from here too
-    assert (out / "v_seg.nii.gz").is_file()
+    saved = np.asarray(nib.load(out / "v_seg.nii.gz").dataobj)  # type: ignore[operator]
+    assert np.array_equal(saved, labels) and len(np.unique(labels)) > 1
 
 
 def test_models_save_and_load_the_hugging_face_way(place, tmp_path):
@@ -269,13 +279,20 @@ def test_eval_scores_another_labelled_set_beside_metrics_json(place, kind, tmp_p
     own = json.loads(before)
     if kind in ("gpf_net", "grf"):  # the same layout's test split (query/gallery): the run's own test figures
         assert scored["test"] == pytest.approx(own["test"], abs=1e-6)
-    elif kind == "ea_dk":  # every image of the folder, as the test set named --name
-        assert (
-            set(scored["test"]) >= {"hidden/Dice", "hidden/wFm", "hidden/Sm"}
-            and 0 <= scored["test"]["hidden/Dice"] <= 1
+    elif kind == "ea_dk":  # every image of the folder, as the test set named --name: what predict scores there
+        assert set(scored["test"]) >= {"hidden/Dice", "hidden/wFm", "hidden/Sm"}
+        with (predict(run, elsewhere, tmp_path / "pred") / "predictions.csv").open() as f:  # type: ignore[operator]
+            dice = [float(r["dice"]) for r in csv.DictReader(f)]
+        assert len(dice) == len(list((elsewhere / "images").iterdir())) > 1
+        assert float(np.mean(dice)) == pytest.approx(scored["test"]["hidden/Dice"], abs=1e-5)
+    else:  # every labelled case: the mean over cases of what predict scores on each
+        assert "valid" not in scored
+        images, labels = elsewhere / "imagesTr", elsewhere / "labelsTr"
+        per_case = _predicted_dice(run, images, labels, tmp_path / "pred", classes=3)
+        assert len(per_case) == 5
+        assert float(np.mean([np.mean(d) for d in per_case.values()])) == pytest.approx(
+            scored["test"]["mean_dice"], abs=1e-5
         )
-    else:  # every labelled case
-        assert 0 <= scored["test"]["mean_dice"] <= 1 and "valid" not in scored
     assert scored["data"] == str(elsewhere)
     code, output = run_gpfuse("eval", run, "--data", elsewhere, "--name", "../metrics")
     assert code == 2 and "--name '../metrics'" in output
@@ -294,3 +311,36 @@ def test_every_readme_python_block_runs(place, capsys):
         exec(compile(block, "README.md", "exec"), {})
     printed = capsys.readouterr().out
     assert "(40, 40) bool" in printed and "(3, 32)" in printed and "['background'" in printed
+
+
+def _predicted_dice(run: Path, images: Path, labels: Path, out: Path, classes: int) -> dict[str, list[float]]:
+    """Per NIfTI file of ``images``: the Dice of each class 1..classes-1 of ``gpfuse predict``'s label volume
+    against the label file of the same name (1 where both are empty)."""
+    import nibabel as nib
+
+    folder = predict(run, images, out)
+    scores = {}
+    for image in sorted(images.glob("*.nii.gz")):
+        case = image.name.removesuffix(".nii.gz")
+        pred = np.asarray(nib.load(folder / f"{case}_seg.nii.gz").dataobj)  # type: ignore[operator]
+        label = np.asarray(nib.load(labels / image.name).dataobj)
+        masks = [(pred == c, label == c) for c in range(1, classes)]
+        scores[case] = [1.0 if not (p.any() or g.any()) else 2 * (p & g).sum() / (p.sum() + g.sum()) for p, g in masks]
+    return scores
+
+
+def test_volume_predict_scores_each_test_case_as_evaluation_did(place, tmp_path):
+    """``gpfuse predict`` of the run's own test case, scored against its label file, gives the Dice per class
+    that evaluation wrote to ``samples/test.csv``."""
+    run = place["runs"]["bipvl_seg"]
+    with (run / "samples" / "test.csv").open() as f:
+        evaluated = {r["case"]: [float(v) for k, v in r.items() if k.startswith("dice/")] for r in csv.DictReader(f)}
+    images = tmp_path / "images"
+    images.mkdir()
+    for case in evaluated:
+        shutil.copy(place["dec"] / "imagesTr" / f"{case}.nii.gz", images)
+    predicted = _predicted_dice(run, images, place["dec"] / "labelsTr", tmp_path / "pred", classes=3)
+    assert predicted.keys() == evaluated.keys()
+    for case, dice in evaluated.items():
+        assert predicted[case] == pytest.approx(dice, abs=1e-5), case
+        assert len(set(dice)) > 1 and max(dice) > 0  # a prediction, not an empty volume

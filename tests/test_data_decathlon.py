@@ -124,3 +124,25 @@ def test_flips_keep_or_swap_positional_classes(tmp_path, flip_axes, swapped):
     out = transform(_two_class_case(tmp_path))[0]["label"][0].numpy()
     front, back = (np.argwhere(out == c)[:, 1].mean() for c in (1, 2))
     assert (front > back) == swapped
+
+
+def test_the_test_cases_do_not_move_with_the_run_seed(root):
+    from gpfuse.config import VolumeDataConfig
+    from gpfuse.tasks.volume_data import VolumeDataModule
+
+    def cases(seed: int, **data) -> dict[str, list[str]]:
+        config = VolumeDataConfig(
+            source="decathlon",
+            root=str(root),
+            descriptions=str(root / "descriptions.csv"),
+            val_cases=1,
+            test_cases=2,
+            **data,
+        )
+        module = VolumeDataModule(config, seed=seed)
+        module.setup()
+        return {k: [c.name for c in v] for k, v in module.cases.items()}
+
+    fixed = cases(1)
+    assert cases(2) == fixed and cases(3, subset=2)["test"] == fixed["test"]  # seeds vary training only
+    assert any(cases(1, split_seed=k)["test"] != fixed["test"] for k in (1, 2, 3))  # a split_seed moves them

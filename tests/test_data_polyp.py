@@ -184,3 +184,57 @@ def test_pranet_train_folder_names(tmp_path, folder):
     shutil.copytree(folder / "masks", train / "mask")
     items = list_folder(train)
     assert len(items) == 12 and items[0].mask.endswith("mask/001.png") and items[0].group == ""
+
+
+def test_a_subset_run_checks_only_the_files_it_reads(tmp_path):
+    from gpfuse.config import SegDataConfig
+    from gpfuse.tasks.seg_data import SegDataModule
+
+    train = write_synthetic_polyp_folder(tmp_path / "train", n_images=12, size=32)
+    test = write_synthetic_polyp_folder(tmp_path / "test", n_images=6, size=32)
+    config = SegDataConfig(source="polyp_folders", train=[str(train)], test={"t": str(test)}, subset=3)
+    first = SegDataModule(config, seed=5)
+    first.setup()
+    read = {it.image for items in first.items.values() for it in items}
+    unread = sorted({it.image for it in list_folder(train) + list_folder(test)} - read)
+    assert len(read) == 3 + 1 + 3 and len(unread) == 18 - 7  # train, valid (10% of 12), test
+    for path in unread:
+        open(path, "wb").close()  # broken, but never read by this run
+    again = SegDataModule(config, seed=5)
+    again.setup()
+    assert again.items == first.items and again.counts["train"] == {"skipped": 0, "binarized": 0}
+    read_one = first.items["test_t"][0].image
+    open(read_one, "wb").close()
+    with pytest.raises(ValueError, match=rf"(?s)test\[t\].*{read_one}"):
+        SegDataModule(config, seed=5).setup()
+
+
+def test_the_held_out_images_do_not_move_with_the_run_seed(tmp_path):
+    from gpfuse.config import SegDataConfig
+    from gpfuse.tasks.seg_data import SegDataModule
+
+    folder = write_synthetic_polyp_folder(tmp_path / "polyps", n_images=12, size=32)
+
+    def parts(seed: int, **data) -> dict[str, list[str]]:
+        module = SegDataModule(SegDataConfig(source="polyp_folders", train=[str(folder)], split="random", **data), seed)
+        module.setup()
+        return {k: [it.name for it in v] for k, v in module.items.items()}
+
+    fixed = parts(1)
+    assert parts(2) == fixed and parts(3, subset=6)["test_held_out"] == fixed["test_held_out"]
+    assert any(parts(1, split_seed=k)["test_held_out"] != fixed["test_held_out"] for k in (1, 2, 3))
+
+
+def test_a_run_saved_before_split_seed_keeps_the_splits_it_was_drawn_with():
+    from gpfuse.config import validate_config, validate_saved_config
+
+    raw = {
+        "name": "old",
+        "data": {"source": "polyp_folders", "train": ["a"], "split": "random"},
+        "model": {"name": "ea_dk"},
+        "train": {"seed": 7},
+    }
+    assert validate_config(raw).data.split_seed == 0  # a new run: the fixed default
+    assert validate_saved_config(raw, "old/config.yaml").data.split_seed == 7  # what train.seed drew then
+    raw["data"]["split_seed"] = 3
+    assert validate_saved_config(raw, "old/config.yaml").data.split_seed == 3

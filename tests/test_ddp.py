@@ -10,6 +10,7 @@ from this test process, so they skip the 10-12 s of imports a new process pays h
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import socket
@@ -132,10 +133,17 @@ def _train_evaluate_resume(config: Path, exact: bool = False, commands: bool = F
         return run
     _gpfuse_ranks(config.parent, "eval", str(run), *DDP)
     _same(json.loads((run / "metrics.json").read_text()), one, exact)
+    first_model = (run / "model" / "model.safetensors").read_bytes()
     _gpfuse_ranks(config.parent, "train", str(config), *DDP, "--resume", "--set", "train.max_epochs=2")
     resumed = json.loads((run / "metrics.json").read_text())
     assert resumed["epochs_run"] == 2 and sorted(p.name for p in (run / "logs").iterdir()) == ["attempt_0", "attempt_1"]
     assert (run / "command.txt").read_text().count("--resume") == 1
+    # the second epoch only, trained from the first one's state, and reported as its model evaluates
+    with (run / "logs" / "attempt_1" / "metrics.csv").open() as f:
+        trained = {row["epoch"] for row in csv.DictReader(f) if any(row[k] for k in row if k.startswith("train/"))}
+    assert trained == {"1"}
+    assert (run / "model" / "model.safetensors").read_bytes() != first_model
+    _same(resumed, evaluate(run, ["train.devices=1", "train.strategy=auto"]), exact)
     return run
 
 

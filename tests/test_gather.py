@@ -35,6 +35,14 @@ def test_collector_drops_duplicates_and_orders_by_index():
         SampleCollector(["index"])
 
 
+def test_a_split_of_one_sample_keeps_its_sample_axis():
+    collector = SampleCollector(["score", "record"])
+    collector.update(torch.tensor([0]), score=torch.tensor([0.25]), record=torch.arange(7.0)[None])
+    whole = collector.compute()  # torchmetrics would squeeze the one-element tensors to 0-d
+    assert whole["index"].shape == (1,) and whole["score"].shape == (1,) and whole["record"].shape == (1, 7)
+    assert whole["score"].tolist() == [0.25] and collector.compute()["index"].tolist() == [0]  # cached too
+
+
 def test_pooled_gate_statistics_equal_those_of_all_values():
     a, b = torch.rand(3, 2, 5), torch.rand(4, 2, 5)
     moments = torch.cat([gate_moments(a), gate_moments(b)])

@@ -16,8 +16,9 @@ import pytest
 import torch
 import yaml
 
-from conftest import mosi_data, run_gpfuse, tiny_grf
+from conftest import mosi_data, polyp_folder_data, run_gpfuse, tiny_grf
 from gpfuse.data.synthetic import write_synthetic_mosi
+from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +96,23 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(configs):
     assert code == 2 and "stopped before its first checkpoint: pass --resume" in " ".join(refused.split())
     _gpfuse("train", configs["early"], "--resume")
     assert _metrics(configs["early"]) == _metrics(configs["whole"])
+
+
+def test_a_segmentation_run_with_loader_workers_resumes_to_the_same_metrics(tmp_path):
+    """Augmentation runs in 2 loader worker processes: a resumed epoch's workers draw what they would have drawn."""
+    folder = write_synthetic_polyp_folder(tmp_path / "polyps", n_images=16, size=40, seed=0)
+    paths = {}
+    for name in ("whole", "killed"):
+        raw = {
+            "name": "tiny",
+            "output_dir": str(tmp_path / name),
+            "data": {**polyp_folder_data(folder), "num_workers": 2},
+            "model": {"name": "ea_dk", "encoder": "efficientnet_lite0", "encoder_weights": None, "channels": 8},
+            "train": {"max_epochs": 3, "warmup_epochs": 1, "accelerator": "cpu", "seed": 5, "optimizer": "adamw"},
+        }
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(raw))
+    _gpfuse("train", paths["whole"])
+    _run("-c", KILL, str(paths["killed"]), "1", "1", expect=-9)  # in epoch 1, after its 2nd batch
+    _gpfuse("train", paths["killed"], "--resume")
+    assert _metrics(paths["killed"]) == _metrics(paths["whole"])

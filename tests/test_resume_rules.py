@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
@@ -141,3 +142,24 @@ def test_a_run_that_stopped_early_stays_stopped(tmp_path, mosi):
     (run / "metrics.json").unlink()
     resumed = train(cfg, resume=True)
     assert resumed == metrics
+
+
+def test_the_cuda_generator_is_saved_and_restored_for_this_process_device_only(monkeypatch):
+    """On a (faked) machine with 2 GPUs, this process on device 1: one state saved; restored onto device 1, also
+    from a checkpoint that held every device's state, and on a machine with fewer GPUs than were saved."""
+    from gpfuse.tasks import resume
+
+    states = {0: torch.tensor([10], dtype=torch.uint8), 1: torch.tensor([11], dtype=torch.uint8)}
+    restored: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[1])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(int(state[0])))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every device's state was read"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("every device's state was set"))
+    saved = resume._collect()
+    assert [int(s[0]) for s in saved["cuda"]] == [11]
+    resume._restore(saved)
+    resume._restore({**saved, "cuda": [states[0], states[1]]})  # an older checkpoint: every device's state
+    resume._restore({**saved, "cuda": [states[0]]})  # saved on device 0 (rank 0's): onto this device
+    assert restored == [11, 11, 10]

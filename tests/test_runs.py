@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,10 +14,11 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import mosi_data, run_gpfuse, tiny_grf
+import gpfuse
+from conftest import assert_predicted_scores_match_eval, mosi_data, run_gpfuse, tiny_grf
 from gpfuse.config import ConfigError, load_config, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
-from gpfuse.data.synthetic_pickles import write_mmsa_pickle
+from gpfuse.data.synthetic_pickles import write_mmsa_pickle, write_mult_pickle
 from gpfuse.models.io import CheckpointMismatchError
 from gpfuse.tasks.plots import read_epoch_series
 from gpfuse.tasks.runner import _trainer, evaluate, predict, run_dir_for, train
@@ -128,6 +130,19 @@ def test_mmsa_pickle_trains_through_the_same_module(tmp_path, cache):
     cfg.model = {**cfg.model, "order": ["text", "audio", "vision"]}
     metrics = train(cfg)
     assert set(metrics["test"]) >= {"MAE", "Corr", "Has0_acc_2", "Mult_acc_7"}
+    assert_predicted_scores_match_eval(run_dir_for(cfg), path, tmp_path / "scores.csv")
+
+
+@pytest.mark.slow
+def test_mult_pickle_left_padding_predicts_what_eval_scored(tmp_path, cache):
+    """MulT pickles pad on the left and GRF adds positions by absolute index: predict keeps the padding where
+    it is stored (as evaluation does) instead of packing the real steps to the front."""
+    path = write_mult_pickle(tmp_path / "mosi_data.pkl", n_per_split=(8, 4, 6))
+    cfg = _config(tmp_path, path, cache, max_epochs=1)
+    cfg.data.source, cfg.data.modalities, cfg.data.max_len = "pickle", ["text", "audio", "vision"], {}
+    cfg.model = {**cfg.model, "order": ["text", "audio", "vision"]}
+    train(cfg)
+    assert_predicted_scores_match_eval(run_dir_for(cfg), path, tmp_path / "scores.csv")
 
 
 # ---- runs -------------------------------------------------------------------------------------------
@@ -173,6 +188,11 @@ def test_train_writes_a_complete_run_folder_and_evaluates_the_same(tmp_path, mos
     out = predict(run, mosi_synth, tmp_path / "pred.csv")
     rows = out.read_text().splitlines()
     assert rows[0] == "id,split,score,label" and len(rows) == 41
+    assert_predicted_scores_match_eval(run, mosi_synth, tmp_path / "again.csv")
+    bare = Path(shutil.copytree(run / "model", tmp_path / "model_without_stats"))
+    (bare / "data_stats.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model_without_stats: no training statistics for \['audio'\]"):
+        gpfuse.load(bare)  # standardised in training: never predicted unstandardised
     out.write_text("an earlier file")
     with pytest.raises(FileExistsError, match=r"pred.csv exists.*--overwrite"):
         predict(run, mosi_synth, out)

@@ -3,12 +3,14 @@ eval (metrics.json + rank list), resume refusal for another model, bad input thr
 
 from __future__ import annotations
 
-import itertools
+import csv
 import json
 
+import numpy as np
 import pytest
 import yaml
 
+from conftest import STILL_REID_TRAIN, colo_pair_data, tiny_gpf_net
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_reid import write_synthetic_colo_pair, write_synthetic_market1501
 from gpfuse.models.io import CheckpointMismatchError
@@ -64,20 +66,43 @@ def _config(tmp_path, source, root, **data):
 def test_gpf_net_on_colo_pair_reports_both_protocols_and_evaluates(tmp_path, colo):
     cfg = _config(tmp_path, "colo_pair", colo)
     metrics = train(cfg)
-    for protocol in ("own", "query"):
-        for key in ("mAP", "rank1", "rank5", "mINP"):
-            assert 0.0 <= metrics["test"][f"{protocol}/{key}"] <= 1.0
+    assert {f"{p}/{k}" for p in ("own", "query") for k in ("mAP", "rank1", "rank5", "mINP")} <= set(metrics["test"])
+    assert metrics["test"]["mAP"] == metrics["test"]["own/mAP"]  # data.select_protocol: own by default
     run = run_dir_for(cfg)
     assert (run / "rank_list.png").is_file() and (run / "gates.png").is_file()
     assert "path\tpid\tcamid\tgroup" in (run / "splits" / "query.txt").read_text()
     again = evaluate(run)
     assert again["test"]["query/mAP"] == pytest.approx(metrics["test"]["query/mAP"], abs=1e-6)
     assert json.loads((run / "metrics.json").read_text())["figures"] == [str(run / "rank_list.png")]
-    rows = predict(run, colo, tmp_path / "ranks.csv").read_text().splitlines()
-    assert rows[0] == "query,rank,gallery,distance,same_id" and len(rows) > 1
-    first = [r.split(",") for r in rows[1:] if r.split(",")[0] == rows[1].split(",")[0]]
-    assert [int(r[1]) for r in first] == list(range(1, len(first) + 1))
-    assert all(float(a[3]) <= float(b[3]) for a, b in itertools.pairwise(first))  # sorted by distance
+
+
+@pytest.mark.slow
+def test_predict_ranks_under_the_protocol_the_run_reports(tmp_path):
+    """A run that selects and reports the query protocol writes its per-query samples under it, and
+    ``gpfuse predict`` ranks every test query exactly as they say."""
+    colo = write_synthetic_colo_pair(tmp_path / "colo", n_videos=6, frames_per_view=2, size=48)
+    raw = {
+        "name": "gpf_query",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {**colo_pair_data(colo), "select_protocol": "query"},
+        "model": tiny_gpf_net(text_model="minilm", max_text_len=16),
+        "train": STILL_REID_TRAIN,
+    }
+    cfg = validate_config(raw, "test")
+    test = train(cfg)["test"]
+    run = run_dir_for(cfg)
+    samples = json.loads((run / "samples" / "test.json").read_text())
+    assert samples["protocol"] == "query" and test["mAP"] == test["query/mAP"]
+    aps = [q["AP"] for q in samples["queries"] if q["AP"] is not None]
+    assert float(np.mean(aps)) == pytest.approx(test["query/mAP"], abs=1e-6)
+    predicted: dict[str, list[tuple[str, float]]] = {}
+    with predict(run, colo, tmp_path / "ranks.csv").open() as f:  # type: ignore[union-attr]
+        for r in csv.DictReader(f):
+            predicted.setdefault(r["query"], []).append((r["gallery"], float(r["distance"])))
+    assert predicted.keys() == {q["query"] for q in samples["queries"]}
+    for q in samples["queries"]:
+        assert [g for g, _ in predicted[q["query"]]] == [t["gallery"] for t in q["top"]], q["query"]
+        assert [d for _, d in predicted[q["query"]]] == pytest.approx([t["distance"] for t in q["top"]], abs=1e-5)
 
 
 @pytest.mark.slow
@@ -85,8 +110,17 @@ def test_image_only_on_market1501_and_model_mismatch(tmp_path):
     root = write_synthetic_market1501(tmp_path / "market", n_ids=10, images_per_id=4)
     cfg = _config(tmp_path, "market1501", root, protocols=["own"], batch_size=4, rerank=True, ap="trapezoid")
     metrics = train(cfg)
-    assert "own/mAP" in metrics["test"] and "query/mAP" not in metrics["test"]
-    assert 0 <= metrics["test"]["own+rerank/mAP"] <= 1
+    assert {"own/mAP", "own+rerank/mAP"} <= set(metrics["test"]) and "query/mAP" not in metrics["test"]
+    for extra in sorted((root / "query").iterdir())[1:]:
+        extra.unlink()  # a test split of one query still evaluates (its tensors keep their sample axis)
+    one = _config(tmp_path / "one", "market1501", root, protocols=["own"], batch_size=4)
+    one_query = train(one)["test"]
+    (sample,) = json.loads((run_dir_for(one) / "samples" / "test.json").read_text())["queries"]
+    assert sample["AP"] == pytest.approx(one_query["own/mAP"], abs=1e-6)
+    assert one_query["own/rank1"] == float(sample["first_match"] == 1)
+    image_only_query = _config(tmp_path / "q", "market1501", root, select_protocol="query", batch_size=4)
+    with pytest.raises(ValueError, match=r"select_protocol is 'query'.*model.text_model"):
+        train(image_only_query)  # never the own-protocol figure in its place
     run = run_dir_for(cfg)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["model"]["dim"] = 64  # the saved weights are for dim 32

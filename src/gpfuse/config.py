@@ -32,6 +32,7 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "parse_overrides",
+    "validate_saved_config",
 ]
 
 
@@ -75,6 +76,10 @@ class ReIDDataConfig(_Strict):
     fold: int = Field(0, ge=0, description="Colo-Pair fold, or CUHK01 random split index")
     num_folds: int = Field(4, ge=2)
     val_ids: int = Field(2, ge=0, description="training videos (Colo-Pair) or identities carved for validation")
+    split_seed: int = Field(
+        0,
+        description="seed of the validation carve and CUHK01's random split (fixed: run seeds vary training only)",
+    )
     report_table: str | None = None
     missing_report: Literal["error", "empty"] = "error"
     image_size: tuple[int, int] = (224, 224)
@@ -109,6 +114,10 @@ class SegDataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     group_column: str = "video_sequence"
     subset: int | None = Field(None, ge=1, description="at most this many images per split (seeded): quick runs")
+    split_seed: int = Field(
+        0,
+        description="seed of the carved splits and subsets (fixed: run seeds vary training only, never the test set)",
+    )
     image_size: int = Field(352, ge=32)
     augment: bool = True
     flip_p: float = Field(0.5, ge=0, le=1)
@@ -126,8 +135,9 @@ class VolumeDataConfig(_Strict):
     """Decathlon-layout volumes (``dataset.json`` + NIfTI) with a class-description CSV, for 3D segmentation.
 
     ``val_cases`` (model selection) and ``test_cases`` (reported once) are carved from the training list with
-    the run's seed and written to the run folder. ``test_cases: 0`` is refused unless ``test_is_validation:
-    true`` says that the figures reported as test are knowingly those of the checkpoint-selection split.
+    ``split_seed`` (not the run's seed) and written to the run folder. ``test_cases: 0`` is refused unless
+    ``test_is_validation: true`` says that the figures reported as test are knowingly those of the
+    checkpoint-selection split.
     """
 
     source: Literal["decathlon"]
@@ -137,6 +147,10 @@ class VolumeDataConfig(_Strict):
     test_cases: int = Field(20, ge=0)
     test_is_validation: bool = Field(False, description="with test_cases 0: report the validation split as test")
     subset: int | None = Field(None, ge=1, description="train on at most this many cases (seeded): CPU budgets")
+    split_seed: int = Field(
+        0,
+        description="seed of the carved splits and subsets (fixed: run seeds vary training only, never the test set)",
+    )
     roi_size: tuple[int, int, int] = (96, 96, 96)
     pixdim: tuple[float, float, float] | None = None
     intensity: Literal["ct", "mr"] = "mr"
@@ -377,6 +391,16 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> RunConfig:
     except ValidationError as err:
         raise ConfigError(f"{source}: invalid model options for {name!r}\n{_format(err, 'model')}") from None
     config.model = options.model_dump()  # resolved: every option of the model, defaults included
+    return config
+
+
+def validate_saved_config(raw: dict[str, Any], source: str) -> RunConfig:
+    """:func:`validate_config` for a run folder's saved config. A run saved before ``data.split_seed`` existed
+    drew its splits with ``train.seed``: it keeps them (its evaluation and prediction read the same test set)."""
+    config = validate_config(raw, source)
+    data = raw.get("data")
+    if isinstance(data, dict) and "split_seed" not in data and "split_seed" in type(config.data).model_fields:
+        config.data = config.data.model_copy(update={"split_seed": config.train.seed})
     return config
 
 

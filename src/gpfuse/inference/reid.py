@@ -40,6 +40,8 @@ class ReIDPredictor:
         self.transform = ImageTransform(tuple(d.image_size), mean=encoder.input_mean, std=encoder.input_std)
         self.text_model, self.max_text_len = m.get("text_model"), m.get("max_text_len", 64)
         self.metric = d.metric
+        #: the protocol the run reports and selects checkpoints on (``data.select_protocol``): what ``rank`` uses
+        self.protocol = d.select_protocol
         self.batch_size = batch_size or d.eval_batch_size
 
     def _report_tokens(self, reports: Sequence[str] | None, n: int) -> dict[str, torch.Tensor]:
@@ -59,20 +61,44 @@ class ReIDPredictor:
     ) -> np.ndarray:
         """(N, D) float32 embeddings, each image fused with its own report when the model reads reports (an
         empty report: image-only); L2-normalised unless ``normalize=False`` (the raw features evaluation ranks)."""
-        images = list(images)
-        tokens = self._report_tokens(reports, len(images))
+        pixels = self._pixels(images)
+        emb = self._embed_pixels(pixels, self._report_tokens(reports, len(pixels)))
+        return (F.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
+
+    def _pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """(N, 3, H, W) model inputs: the run's resize and normalisation."""
+        return torch.stack([self.transform(as_rgb(im, f"image {i}")) for i, im in enumerate(images)])
+
+    def _embed_pixels(self, pixels: torch.Tensor, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         chunks = []
-        for start in range(0, len(images), self.batch_size):
-            part = images[start : start + self.batch_size]
-            x = torch.stack([self.transform(as_rgb(im, f"image {start + i}")) for i, im in enumerate(part)])
+        for start in range(0, len(pixels), self.batch_size):
+            end = start + self.batch_size
             batch = {
-                "image": x.to(self.run.device),
-                **{k: v[start : start + len(part)].to(self.run.device) for k, v in tokens.items()},
+                "image": pixels[start:end].to(self.run.device),
+                **{k: v[start:end].to(self.run.device) for k, v in tokens.items()},
             }
             with self.run.autocast():
                 chunks.append(self.run.model(batch).embedding.float())
-        emb = torch.cat(chunks)
-        return (F.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
+        return torch.cat(chunks).cpu()
+
+    def _query_protocol_distances(
+        self, query: np.ndarray, gallery: Sequence[ImageInput], query_reports: Sequence[str] | None
+    ) -> np.ndarray:
+        """(Nq, Ng) distances with the gallery embedded under each query's report (GPF-Net's protocol, as
+        evaluation computes it: once per distinct report)."""
+        if self.text_model is None or query_reports is None:
+            raise ValueError(
+                "the query protocol embeds the gallery with each query's report: a model that reads reports and "
+                "query_reports are needed (protocol='own' ranks without them)"
+            )
+        pixels = self._pixels(gallery)
+        reports = [r or "" for r in query_reports]
+        dist = np.empty((len(query), len(pixels)), np.float32)
+        for report in dict.fromkeys(reports):
+            rows = [i for i, r in enumerate(reports) if r == report]
+            g = self._embed_pixels(pixels, self._report_tokens([report] * len(pixels), len(pixels)))
+            dist[rows] = compute_distance_matrix(torch.from_numpy(query[rows]), g, metric=self.metric).numpy()
+        return dist
 
     def rank(
         self,
@@ -81,14 +107,27 @@ class ReIDPredictor:
         top_k: int = 10,
         query_reports: Sequence[str] | None = None,
         gallery_reports: Sequence[str] | None = None,
+        protocol: str | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``top_k`` nearest gallery entries of each query: (Nq, k) gallery indices and their distances,
         by the run's metric (``data.metric``) on raw embeddings, as evaluation ranks (the fast evaluator's
         ``compute_distance_matrix``). ``query`` / ``gallery``: images, or embeddings from :meth:`embed`
-        (``normalize=False`` to rank exactly as evaluation)."""
+        (``normalize=False`` to rank exactly as evaluation).
+
+        ``protocol``: ``"own"`` (every image with its own report) or ``"query"`` (each query against the gallery
+        embedded with that query's report, GPF-Net's protocol: needs gallery images and ``query_reports``);
+        default :attr:`protocol`, the one the run reports."""
+        protocol = protocol or self.protocol
+        if protocol not in ("own", "query"):
+            raise ValueError(f"protocol must be 'own' or 'query', got {protocol!r}")
         q = query if isinstance(query, np.ndarray) else self.embed(query, query_reports, normalize=False)
-        g = gallery if isinstance(gallery, np.ndarray) else self.embed(gallery, gallery_reports, normalize=False)
-        dist = compute_distance_matrix(torch.from_numpy(q), torch.from_numpy(g), metric=self.metric).numpy()
+        if protocol == "query":
+            if isinstance(gallery, np.ndarray):
+                raise ValueError("the query protocol embeds the gallery under each query's report: give its images")
+            dist = self._query_protocol_distances(q, gallery, query_reports)
+        else:
+            g = gallery if isinstance(gallery, np.ndarray) else self.embed(gallery, gallery_reports, normalize=False)
+            dist = compute_distance_matrix(torch.from_numpy(q), torch.from_numpy(g), metric=self.metric).numpy()
         k = min(top_k, dist.shape[1])
         order = np.argsort(dist, axis=1, kind="stable")[:, :k]
         return order, np.take_along_axis(dist, order, axis=1)

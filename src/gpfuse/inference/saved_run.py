@@ -21,7 +21,7 @@ import torch
 import yaml
 from torch import nn
 
-from gpfuse.config import ConfigError, RunConfig, validate_config
+from gpfuse.config import ConfigError, RunConfig, validate_saved_config
 from gpfuse.inference.onnx_model import OnnxModel
 from gpfuse.models import load_pretrained
 from gpfuse.utils.files import read_json
@@ -104,7 +104,7 @@ class SavedRun:
             raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, yaml.YAMLError) as err:
             raise ConfigError(f"{config_path}: not a readable run config ({type(err).__name__}: {err})") from None
-        config = validate_config(raw, str(config_path))
+        config = validate_saved_config(raw, str(config_path))
         stats_path = _first(folder / RUN_STATS, folder.parent / RUN_STATS)
         stats = read_json(stats_path) if stats_path else {}
         if engine == "onnxruntime":

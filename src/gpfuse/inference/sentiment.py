@@ -3,7 +3,7 @@ encoder or tokenizer and its feature standardisation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -23,9 +23,26 @@ __all__ = ["SentimentPredictor"]
 Features = np.ndarray | Sequence[np.ndarray]
 
 
+def _masked(x: Features, mask: np.ndarray, name: str, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """An (N, L, D) array with its (N, L) mask of real steps, padding left where it is stored (MulT pickles pad
+    on the left; positions count from the first stored step): padding zeroed, trailing all-padding steps cut, as
+    the run's data module does."""
+    x, mask = np.asarray(x, dtype=np.float32), np.asarray(mask)
+    if x.ndim != 3 or x.shape[0] != n or x.shape[2] != dim or mask.shape != x.shape[:2] or mask.dtype != bool:
+        raise ValueError(
+            f"{name}: with a mask, features must be (N={n}, L, {dim}) and the mask (N, L) bool, got "
+            f"{x.shape} and {mask.shape} {mask.dtype}"
+        )
+    if not mask.any(axis=1).all():
+        raise ValueError(f"{name}: row {int(np.argmin(mask.any(axis=1)))} has no real step in its mask")
+    end = int(np.flatnonzero(mask.any(axis=0)).max()) + 1
+    x, mask = x[:, :end], mask[:, :end]
+    return clean_nonfinite(np.where(mask[..., None], x, np.float32(0)), name), mask
+
+
 def _sequences(x: Features, name: str, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, L, D) float32 zero-padded and (N, L) bool mask from (N, D) (one step each), (N, L, D), or a list of
-    (L_i, D) arrays."""
+    (L_i, D) arrays, each step real."""
     if isinstance(x, np.ndarray) and x.ndim == 2:
         x = x[:, None, :]
     items = list(x)
@@ -64,8 +81,17 @@ class SentimentPredictor:
         self.input_dims = dict(options.get("input_dims") or {})
         self.max_len = dict(d.max_len)
         self.batch_size = batch_size or d.batch_size
+        unscaled = [m for m in self.modalities if m != "text" and not isinstance(run.stats.get(m), dict)]
+        if d.standardize and unscaled:
+            raise FileNotFoundError(
+                f"{run.folder}: no training statistics for {unscaled} (data_stats.json missing or incomplete): "
+                "the run standardised these features with them (data.standardize), so predictions without them "
+                "would not be the model's"
+            )
 
-    def _features(self, texts: list[str], extra: dict[str, Features | None]) -> dict[str, np.ndarray]:
+    def _features(
+        self, texts: list[str], extra: dict[str, Features | None], masks: Mapping[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
         n, arrays = len(texts), {}
         unused = [k for k, v in extra.items() if v is not None and k not in self.modalities]
         if extra.get("text") is not None and self.reads_tokens:
@@ -78,11 +104,11 @@ class SentimentPredictor:
             features = extra.get(m)
             if features is None:
                 raise ValueError(f"this model needs {m!r} features: predict(texts, {m}=...)")
-            x, mask = _sequences(features, m, n, self.input_dims[m])
+            x, mask = self._sequences(features, masks, m, n)
             limit = self.max_len.get(m)
-            if limit is not None and x.shape[1] > limit:
+            if limit is not None and mask.sum(1).max() > limit:
                 raise ValueError(
-                    f"{m}: sequences of {x.shape[1]} steps, the run read at most {limit} (data.max_len.{m})"
+                    f"{m}: sequences of {mask.sum(1).max()} steps, the run read at most {limit} (data.max_len.{m})"
                 )
             stats = self.run.stats.get(m) if isinstance(self.run.stats.get(m), dict) else None
             if stats is not None:
@@ -91,13 +117,18 @@ class SentimentPredictor:
         if "text" in self.modalities:
             text_features = extra.get("text")
             if text_features is not None:  # the run read text features, not transcripts
-                arrays["text"], arrays["text_mask"] = _sequences(text_features, "text", n, self.input_dims["text"])
+                arrays["text"], arrays["text_mask"] = self._sequences(text_features, masks, "text", n)
             elif self.reads_tokens:
                 ids, mask = tokenize(texts, self.text_model, self.max_text)
                 arrays["text_ids"], arrays["text_mask"] = ids, mask
             else:
                 arrays["text"], arrays["text_mask"] = cached_text_states(texts, self.text_model, self.max_text)
         return arrays
+
+    def _sequences(self, x: Features, masks: Mapping[str, np.ndarray], m: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if m in masks:
+            return _masked(x, masks[m], m, n, self.input_dims[m])
+        return _sequences(x, m, n, self.input_dims[m])
 
     @torch.no_grad()
     def predict(
@@ -106,16 +137,24 @@ class SentimentPredictor:
         audio: Features | None = None,
         vision: Features | None = None,
         text_features: Features | None = None,
+        masks: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
         """(N,) float32 sentiment scores for ``texts`` (and their ``audio`` / ``vision`` features when the model
         reads them: (N, D), (N, L, D) or a list of (L_i, D) arrays, raw as in the run's data). A run trained on
-        text features of a feature file (no transcripts) takes them as ``text_features`` instead of ``texts``."""
+        text features of a feature file (no transcripts) takes them as ``text_features`` instead of ``texts``.
+
+        ``masks``: per modality (``"text"`` for ``text_features``) the (N, L) bool mask of the real steps of an
+        (N, L, D) array whose padding stays where the data stores it (MulT pickles pad on the left, and a model
+        with positions, such as GRF, scores a packed copy differently); without one every step is real."""
+        unknown = sorted(set(masks or {}) - {"text", "audio", "vision"})
+        if unknown:
+            raise ValueError(f"masks for unknown modalities {unknown}: use 'text', 'audio', 'vision'")
         if text_features is not None:
             texts = [""] * len(list(text_features))
         elif texts is None or not list(texts) or any(not str(t).strip() for t in texts):
             raise ValueError("every text must be a non-empty transcript (or give text_features)")
         texts = [str(t) for t in texts]
-        arrays = self._features(texts, {"audio": audio, "vision": vision, "text": text_features})
+        arrays = self._features(texts, {"audio": audio, "vision": vision, "text": text_features}, masks or {})
         scores = []
         for start in range(0, len(texts), self.batch_size):
             batch = {

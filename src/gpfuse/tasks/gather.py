@@ -10,8 +10,10 @@ computes and logs the same value.
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
@@ -57,6 +59,7 @@ class SampleCollector(Metric):
 
     full_state_update = False
     index: list[Tensor]  # a state (add_state): the batches' indices; one Tensor only while synced, in compute()
+    _shapes: dict[str, torch.Size]  # of the last compute(), before torchmetrics squeezes one-element results
 
     def __init__(self, keys: Iterable[str]) -> None:
         super().__init__()
@@ -87,7 +90,18 @@ class SampleCollector(Metric):
         out = {"index": index[keep]}
         for key in self.keys:
             out[key] = dim_zero_cat(getattr(self, f"value_{key}"))[keep]
+        self._shapes = {key: value.shape for key, value in out.items()}
         return out
+
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def keep_sample_axis(*args: Any, **kwargs: Any) -> dict[str, Tensor]:
+            # torchmetrics squeezes one-element results to 0-d: a split of one sample keeps its (1, ...) shapes
+            return {key: value.reshape(self._shapes[key]) for key, value in wrapped(*args, **kwargs).items()}
+
+        return keep_sample_axis
 
 
 def gate_moments(gate: Tensor) -> Tensor:

@@ -168,16 +168,16 @@ def _predict_scores(predictor: Any, config: RunConfig, root: Path, out: Path, pr
     from gpfuse.tasks.sentiment_data import read_sentiment_source
 
     rows: list[list[Any]] = [["id", "split", "score", "label"]]
+    modalities = config.data_as(SentimentDataConfig).modalities
     for split, f in read_sentiment_source(at_data(config, str(root)).data_as(SentimentDataConfig)).items():
         if not len(f):
             continue
-        raw = {
-            m: [x[i][f.masks[m][i]] for i in range(len(x))]
-            for m, x in f.features.items()
-            if m in config.data_as(SentimentDataConfig).modalities
-        }
+        # as stored, padding in place (positions count from the first stored step, as in evaluation)
+        raw = {m: x for m, x in f.features.items() if m in modalities}
+        if predictor.reads_tokens:
+            raw.pop("text", None)  # a token model retokenises the raw text, as its data module does
         text = raw.pop("text", None)
-        scores = predictor.predict(None if text is not None else f.texts, text_features=text, **raw)
+        scores = predictor.predict(None if text is not None else f.texts, text_features=text, masks=f.masks, **raw)
         rows += [
             [i, split, f"{score:.6f}", f"{label:.4f}"]
             for i, score, label in zip(f.ids, scores.tolist(), f.labels.tolist())
@@ -187,7 +187,8 @@ def _predict_scores(predictor: Any, config: RunConfig, root: Path, out: Path, pr
 
 def _predict_ranks(predictor: Any, config: RunConfig, root: Path, out: Path, probabilities: bool) -> Path:
     """``query,rank,gallery,distance,same_id`` for the top 10 of every test query of the data at ``root``
-    (same-identity same-camera gallery entries left out, as in evaluation)."""
+    (same-identity same-camera gallery entries left out, as in evaluation), under the protocol the run reports
+    (``data.select_protocol``)."""
     data = _reid_data(config, None, str(root))
     data.setup()
     query, gallery = data.datasets["query"], data.datasets["gallery"]

@@ -48,7 +48,8 @@ class ReIDDataModule(L.LightningDataModule):
 
     Args:
         config: the data section. text_model: tokenizer to use for reports (the model's text encoder);
-            None ignores reports (image-only). max_text_len: report tokens kept. seed: P x K sampler seed.
+            None ignores reports (image-only). max_text_len: report tokens kept. seed: P x K sampler seed
+            (the splits follow ``config.split_seed``).
         mean, std: input normalisation on [0, 1] pixels: the image encoder's own (ImageNet statistics for
             ResNet-50, (x - 127) / 128 for the TF-converted EfficientNet-Lite0).
 
@@ -81,12 +82,12 @@ class ReIDDataModule(L.LightningDataModule):
                 c.num_folds,
                 val_videos=c.val_ids,
                 report_table=c.report_table,
-                seed=self.seed,
+                seed=c.split_seed,
                 missing_report=c.missing_report,
             )
         if c.source == "cuhk01":
-            return load_cuhk01(c.root, split_index=c.fold, val_ids=c.val_ids, seed=self.seed), None
-        return load_market1501(c.root, val_ids=c.val_ids, seed=self.seed), None
+            return load_cuhk01(c.root, split_index=c.fold, val_ids=c.val_ids, seed=c.split_seed), None
+        return load_market1501(c.root, val_ids=c.val_ids, seed=c.split_seed), None
 
     def setup(self, stage: str | None = None) -> None:
         if self.split is not None:
@@ -167,7 +168,9 @@ class ReIDDataModule(L.LightningDataModule):
             num_workers=c.num_workers,
             collate_fn=self.collate,
             drop_last=True,
-            persistent_workers=c.num_workers > 0,
+            # training: fresh workers every epoch, seeded from the main process's random state, which a
+            # resumed run restores (resume.py); persistent ones would keep streams a resume cannot rebuild
+            persistent_workers=False,
         )
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -39,7 +39,8 @@ def _collect() -> dict[str, Any]:
     version, state, python_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        # the current device's generator only: a run may resume on a machine with fewer GPUs
+        "cuda": [torch.cuda.get_rng_state()] if torch.cuda.is_available() else [],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
         "python": [version, torch.tensor(state, dtype=torch.int64), python_gauss],
     }
@@ -48,7 +49,9 @@ def _collect() -> dict[str, Any]:
 def _restore(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        # onto this process's device; a checkpoint of before holds every visible device's state: this device's
+        saved, device = states["cuda"], torch.cuda.current_device()
+        torch.cuda.set_rng_state(saved[device] if len(saved) > 1 and device < len(saved) else saved[0])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, state, python_gauss = states["python"]
@@ -67,10 +70,10 @@ class ResumableEarlyStopping(EarlyStopping):
 
 
 class RandomStateCheckpoint(Callback):
-    """Saves the process's global random states (torch, CUDA, NumPy, Python; MONAI's transforms draw from
-    NumPy's, see ``tasks/volume_data.py``) in every checkpoint, and restores them when ``trainer.fit`` resumes
-    from one. Under DDP the states of rank 0 are saved and restored on every rank (the ranks draw the same
-    numbers: same seed, same code path)."""
+    """Saves the process's global random states (torch, the current CUDA device's, NumPy, Python; MONAI's
+    transforms draw from NumPy's, see ``tasks/volume_data.py``) in every checkpoint, and restores them when
+    ``trainer.fit`` resumes from one. Under DDP the states of rank 0 are saved and restored on every rank, the
+    CUDA one onto each rank's own device (the ranks draw the same numbers: same seed, same code path)."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         checkpoint[KEY] = _collect()

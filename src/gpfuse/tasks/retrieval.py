@@ -127,11 +127,7 @@ class RetrievalTask(L.LightningModule):
                 emb, _ = model.fuse(image, text.expand(len(image), -1, -1), mask.expand(len(image), -1))
                 chunks.append(emb)
             g = torch.cat(chunks).float()
-            q = query["embedding"][rows]
-            if self.hparams["metric"] == "cosine":
-                distances[rows] = 1 - F.normalize(q, dim=1) @ F.normalize(g, dim=1).T
-            else:
-                distances[rows] = torch.cdist(q, g).square()
+            distances[rows] = compute_distance_matrix(query["embedding"][rows], g, self.hparams["metric"])
         return distances
 
     def _evaluate(self, stage: str) -> None:
@@ -158,14 +154,24 @@ class RetrievalTask(L.LightningModule):
             k1 = min(20, len(gallery["pid"]) - 1)  # the usual k1=20, k2=6, shrunk for tiny galleries
             distmat = re_ranking(query["embedding"], gallery["embedding"], k1=k1, k2=min(6, k1))
             results["own+rerank"] = evaluate_rank(distmat, *args, max_rank=max_rank, ap=ap)
+        select = self.hparams["select_protocol"]
+        distances = compute_distance_matrix(query["embedding"], gallery["embedding"], self.hparams["metric"])
         if "query" in self.hparams["protocols"] and "text_ids" in query:
             with torch.no_grad():
                 query_distances = self._query_protocol_distances(query, gallery)
             results["query"] = evaluate_rank(query_distances.cpu().numpy(), *args, max_rank=max_rank, ap=ap)
+            if select == "query":
+                distances = query_distances
+        if select not in results:
+            raise ValueError(
+                f"data.select_protocol is {select!r}, but this model gave no {select}-protocol figures: the query "
+                "protocol needs a model that reads reports (model.text_model) and outputs its image tokens "
+                "(GPF-Net); select 'own'"
+            )
         if stage == "test":
-            distances = compute_distance_matrix(query["embedding"], gallery["embedding"], self.hparams["metric"])
             self.test_samples = {
                 "test": {
+                    "protocol": np.array(select),
                     "distances": distances.cpu().numpy(),
                     **{
                         f"{side}_{k}": v[k].cpu().numpy()
@@ -184,8 +190,7 @@ class RetrievalTask(L.LightningModule):
             }
             for key, value in figures.items():
                 self.log(f"{stage}/{protocol}/{key}", float(value))
-        selected = results.get(self.hparams["select_protocol"], results["own"])
-        self.log(f"{stage}/mAP", float(selected[1]), prog_bar=True)
+        self.log(f"{stage}/mAP", float(results[select][1]), prog_bar=True)
         for key in sorted(k for k in query if k.startswith("gate")):
             mean, std = pooled_mean_std(torch.cat([query[key], gallery[key]]))
             self.log(f"gate/{key.replace('gate', 'step')}_mean", mean)

@@ -34,7 +34,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
-from gpfuse.config import ConfigError, RunConfig, apply_overrides, dump_config, validate_config
+from gpfuse.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    dump_config,
+    validate_config,
+    validate_saved_config,
+)
 from gpfuse.data.synthetic_marker import generated_roots
 from gpfuse.inference.saved_run import RUN_CONFIG, RUN_STATS, Engine
 from gpfuse.models import create_model, load_pretrained, save_pretrained
@@ -123,7 +130,7 @@ def load_run_config(run_dir: Path) -> RunConfig:
         raise ConfigError(f"{path}: not a readable run config ({type(err).__name__}: {err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: not a run config (the top level is a {type(raw).__name__})")
-    return validate_config(raw, str(path))
+    return validate_saved_config(raw, str(path))
 
 
 def _check_same_settings(run_dir: Path, saved: RunConfig, config: RunConfig) -> None:

@@ -129,9 +129,10 @@ def query_average_precision(distances: np.ndarray, same_id: np.ndarray, junk: np
 def _retrieval_samples(
     task: L.LightningModule, data: L.LightningDataModule, run_dir: Path, top: int = 10
 ) -> list[Path]:
-    """``samples/test.json``: per test query its image, identity, camera, AP (own protocol, standard AP), first
-    match rank and ``top`` gallery entries (same-identity-same-camera ones left out); ``samples/test.npz``:
-    thumbnails of the worst queries (``query_<k>``) and their top entries (``gallery_<k>_<r>``)."""
+    """``samples/test.json``: per test query its image, identity, camera, AP (under the protocol the run reports,
+    ``data.select_protocol``; standard AP), first match rank and ``top`` gallery entries (same-identity-same-camera
+    ones left out); ``samples/test.npz``: thumbnails of the worst queries (``query_<k>``) and their top entries
+    (``gallery_<k>_<r>``)."""
     from gpfuse.data.images import read_image
 
     s = cast("dict[str, dict[str, np.ndarray]]", task.test_samples)["test"]
@@ -158,7 +159,7 @@ def _retrieval_samples(
                 ],
             }
         )
-    payload = {"metric": str(task.hparams["metric"]), "protocol": "own", "queries": queries}
+    payload = {"metric": str(task.hparams["metric"]), "protocol": str(s["protocol"]), "queries": queries}
     written = [atomic_write_text(run_dir / SAMPLES_DIR / "test.json", json.dumps(payload, indent=1))]
     aps = np.array([np.nan if q["AP"] is None else q["AP"] for q in queries])
     worst = [i for w, i in _worst_and_best(aps, 4) if w == "worst"]

@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class SegDataModule(L.LightningDataModule):
-    """Reads, checks and splits the folders of ``config`` once in :meth:`setup`.
+    """Lists and splits the folders of ``config`` once in :meth:`setup`, then checks the files of each part
+    (after ``subset``: a quick run decodes only the images it reads).
 
     Args:
-        config: the data section. seed: split and subset seed. mean, std: the image encoder's normalisation.
+        config: the data section (its ``split_seed`` draws the held-out splits and subsets). seed: the run's seed
+            (training order). mean, std: the image encoder's normalisation.
         test_only: read the ``test`` folders only (scoring a saved model on another labelled set).
     """
 
@@ -49,8 +51,10 @@ class SegDataModule(L.LightningDataModule):
     def test_names(self) -> tuple[str, ...]:
         return tuple(k[len("test_") :] for k in self.items if k.startswith("test_"))
 
-    def _read(self, folders: list[str], what: str) -> list[SegItem]:
-        items = [it for folder in folders for it in list_folder(folder, group_column=self.config.group_column)]
+    def _list(self, folders: list[str]) -> list[SegItem]:
+        return [it for folder in folders for it in list_folder(folder, group_column=self.config.group_column)]
+
+    def _checked(self, items: list[SegItem], what: str) -> list[SegItem]:
         kept, counts = check_items(items, self.config.on_bad_file, self.config.nonbinary_mask, what)
         self.counts[what] = counts
         return kept
@@ -59,28 +63,32 @@ class SegDataModule(L.LightningDataModule):
         n = self.config.subset
         if n is None or len(items) <= n:
             return items
-        keep = np.sort(np.random.default_rng([self.seed, 2, index]).permutation(len(items))[:n])
+        keep = np.sort(np.random.default_rng([self.config.split_seed, 2, index]).permutation(len(items))[:n])
         return [items[i] for i in keep]
 
     def setup(self, stage: str | None = None) -> None:
         if self.items:
             return
         c = self.config
-        test = {name: self._read([folder], f"test[{name}]") for name, folder in c.test.items()}
+        # Listed first, checked (decoded) after the split and ``subset``: only the files the run reads.
+        test = {name: self._list([folder]) for name, folder in c.test.items()}
         if self.test_only:
-            self.items = {f"test_{k}": v for k, v in test.items()}
+            self.items = {f"test_{k}": self._checked(v, f"test[{k}]") for k, v in test.items()}
             return
         split = make_split(
-            self._read(c.train, "train"),
-            self._read(c.val, "valid") if c.val else [],
+            self._list(c.train),
+            self._list(c.val) if c.val else [],
             test,
             c.split,
             c.test_fraction,
             c.val_fraction,
-            self.seed,
+            c.split_seed,
         )
         parts = {"train": split.train, "valid": split.val, **{f"test_{k}": v for k, v in split.test.items()}}
-        self.items = {name: self._subset(items, i) for i, (name, items) in enumerate(parts.items())}
+        self.items = {
+            name: self._checked(self._subset(items, i), f"test[{name[5:]}]" if name.startswith("test_") else name)
+            for i, (name, items) in enumerate(parts.items())
+        }
         log.info(", ".join(f"{k} {len(v)}" for k, v in self.items.items()))
 
     def _dataset(self, name: str) -> PolypDataset:
@@ -110,7 +118,9 @@ class SegDataModule(L.LightningDataModule):
             num_workers=c.num_workers,
             collate_fn=seg_collate,
             drop_last=shuffle and len(self.items[name]) > batch_size,
-            persistent_workers=c.num_workers > 0,
+            # training: fresh workers every epoch, seeded from the main process's random state, which a
+            # resumed run restores (resume.py); persistent ones would keep streams a resume cannot rebuild
+            persistent_workers=c.num_workers > 0 and not shuffle,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -238,7 +238,9 @@ class SentimentDataModule(L.LightningDataModule):
             shuffle=shuffle and sampler is None,
             sampler=sampler,
             num_workers=self.config.num_workers,
-            persistent_workers=self.config.num_workers > 0,
+            # training: fresh workers every epoch, seeded from the main process's random state, which a
+            # resumed run restores (resume.py); persistent ones would keep streams a resume cannot rebuild
+            persistent_workers=self.config.num_workers > 0 and not shuffle,
         )
 
     def train_dataloader(self) -> DataLoader:

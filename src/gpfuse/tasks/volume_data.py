@@ -38,7 +38,8 @@ class VolumeDataModule(L.LightningDataModule):
     """Reads and checks ``config.root`` once in :meth:`setup`.
 
     Args:
-        config: the data section. seed: split, subset and transform seed.
+        config: the data section (its ``split_seed`` carves the splits and the subset). seed: the run's seed
+            (training order and transforms).
         test_only: every usable labelled case of ``config.root`` is the test set (scoring a saved model on
             another labelled set).
 
@@ -71,11 +72,10 @@ class VolumeDataModule(L.LightningDataModule):
         if self.test_only:
             self.cases = {"test": kept}
             return
-        train, val, test = carve_cases(kept, (c.val_cases, c.test_cases), self.seed)
+        train, val, test = carve_cases(kept, (c.val_cases, c.test_cases), c.split_seed)
         if c.subset is not None and len(train) > c.subset:
-            train = [
-                train[i] for i in np.sort(np.random.default_rng([self.seed, 2]).permutation(len(train))[: c.subset])
-            ]
+            order = np.random.default_rng([c.split_seed, 2]).permutation(len(train))
+            train = [train[i] for i in np.sort(order[: c.subset])]
         self.cases = {"train": train, "valid": val, "test": test or val}
         log.info(
             "%s: train %d, valid %d, test %d%s",
