@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo lint test bench clean
+.PHONY: install browser demo lint test test-shuffled bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ test: install browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
+
+# the same tests with files, and the tests in each, in a random order (SEED=n repeats one): no test may depend on
+# what the tests before it left behind
+SEED ?= $(shell date +%s)
+test-shuffled: install browser
+	@echo "test order seed: $(SEED) (make test-shuffled SEED=$(SEED) repeats it)"
+	GPFUSE_TEST_SHUFFLE=$(SEED) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 bench: install
 	$(BIN)/python benchmarks/fusion_scaling.py

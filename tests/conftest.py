@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import sys
 import tempfile
 from pathlib import Path
@@ -52,6 +53,18 @@ SLOWEST_FILES = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    shuffle = os.environ.get("GPFUSE_TEST_SHUFFLE")
+    if shuffle:  # `make test-shuffled`: files and the tests in each in a random order, to catch order dependence
+        rng = random.Random(int(shuffle))
+        files: dict[Path, list[pytest.Item]] = {}
+        for item in items:
+            files.setdefault(item.path, []).append(item)
+        groups = list(files.values())
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        items[:] = [item for group in groups for item in group]
+        return
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
