@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install browser demo lint test test-shuffled bench clean
+.PHONY: install browser demo lint test test-shuffled mutation bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,17 @@ test-shuffled: install browser
 	@echo "test order seed: $(SEED) (make test-shuffled SEED=$(SEED) repeats it)"
 	GPFUSE_TEST_SHUFFLE=$(SEED) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
+# mutation testing of metrics/, fusion/ and tasks/gather.py with their fast tests (pyproject.toml [tool.mutmut]):
+# lists the surviving mutants and prints the score
+mutation: install
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,loggers,mutation]'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 || true  # one thread: mutmut forks after the tests ran torch
+	$(BIN)/mutmut results
+	@$(BIN)/mutmut results --all true 2>/dev/null | awk '{n++} /: killed$$/ {k++} END {printf "killed %d of %d mutants (%.1f%%)\n", k, n, 100 * k / n}'
+
 bench: install
 	$(BIN)/python benchmarks/fusion_scaling.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants
