@@ -167,6 +167,18 @@ def tiny_grf(**overrides) -> dict:
     }
 
 
+def tiny_grf_run(folder: Path, mosi: Path, **train) -> dict:
+    """A raw run config: :func:`tiny_grf` on the MOSI folder ``mosi``, runs and text cache under ``folder``, one
+    epoch on the CPU (``train`` overrides)."""
+    return {
+        "name": "tiny",
+        "output_dir": str(folder / "runs"),
+        "data": mosi_data(mosi, folder / "cache"),
+        "model": tiny_grf(),
+        "train": {"max_epochs": 1, "warmup_epochs": 0, "accelerator": "cpu", **train},
+    }
+
+
 def tiny_gpf_net(**overrides) -> dict:
     """The model section of a tiny GPF-Net (dim 16, one layer each) on ImageNet EfficientNet-Lite0: a random-init
     encoder gives the same features for every image, which would leave rankings to ties."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import mosi_data, run_gpfuse, tiny_grf
+from conftest import run_gpfuse, tiny_grf_run
 from gpfuse.config import ConfigError, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 
@@ -18,13 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 def _raw(tmp: Path, root: Path, **train) -> dict:
-    return {
-        "name": "tiny",
-        "output_dir": str(tmp / "runs"),
-        "data": mosi_data(root, tmp / "cache"),
-        "model": tiny_grf(),
-        "train": {"max_epochs": 1, "warmup_epochs": 0, "accelerator": "cpu", "seed": 3, **train},
-    }
+    return tiny_grf_run(tmp, root, seed=3, **train)
 
 
 @pytest.fixture(scope="module")

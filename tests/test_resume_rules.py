@@ -13,7 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from conftest import mosi_data, run_gpfuse, tiny_grf
+from conftest import run_gpfuse, tiny_grf_run
 from gpfuse.config import dump_config, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.inference.saved_run import RUN_CONFIG
@@ -28,13 +28,7 @@ def mosi(tmp_path_factory) -> Path:
 
 
 def _raw(tmp_path: Path, mosi: Path, **train) -> dict:
-    return {
-        "name": "tiny",
-        "output_dir": str(tmp_path / "runs"),
-        "data": mosi_data(mosi, tmp_path / "cache"),
-        "model": tiny_grf(),
-        "train": {"max_epochs": 2, "warmup_epochs": 0, "accelerator": "cpu", "seed": 1, **train},
-    }
+    return tiny_grf_run(tmp_path, mosi, **{"max_epochs": 2, "seed": 1, **train})
 
 
 def _yaml(tmp_path: Path, raw: dict) -> Path:

@@ -64,6 +64,11 @@ class SentimentDataConfig(_Strict):
     num_workers: int = Field(0, ge=0)
 
 
+def _split_seed(what: str) -> Any:
+    """The ``data.split_seed`` field: 0, fixed, so that run seeds vary training only, never the test set."""
+    return Field(0, description=f"seed of {what} (fixed: run seeds vary training only, never the test set)")
+
+
 def _both_protocols() -> list[Literal["own", "query"]]:
     return ["own", "query"]
 
@@ -76,10 +81,7 @@ class ReIDDataConfig(_Strict):
     fold: int = Field(0, ge=0, description="Colo-Pair fold, or CUHK01 random split index")
     num_folds: int = Field(4, ge=2)
     val_ids: int = Field(2, ge=0, description="training videos (Colo-Pair) or identities carved for validation")
-    split_seed: int = Field(
-        0,
-        description="seed of the validation carve and CUHK01's random split (fixed: run seeds vary training only)",
-    )
+    split_seed: int = _split_seed("the validation carve and CUHK01's random split")
     report_table: str | None = None
     missing_report: Literal["error", "empty"] = "error"
     image_size: tuple[int, int] = (224, 224)
@@ -114,10 +116,7 @@ class SegDataConfig(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     group_column: str = "video_sequence"
     subset: int | None = Field(None, ge=1, description="at most this many images per split (seeded): quick runs")
-    split_seed: int = Field(
-        0,
-        description="seed of the carved splits and subsets (fixed: run seeds vary training only, never the test set)",
-    )
+    split_seed: int = _split_seed("the carved splits and subsets")
     image_size: int = Field(352, ge=32)
     augment: bool = True
     flip_p: float = Field(0.5, ge=0, le=1)
@@ -147,10 +146,7 @@ class VolumeDataConfig(_Strict):
     test_cases: int = Field(20, ge=0)
     test_is_validation: bool = Field(False, description="with test_cases 0: report the validation split as test")
     subset: int | None = Field(None, ge=1, description="train on at most this many cases (seeded): CPU budgets")
-    split_seed: int = Field(
-        0,
-        description="seed of the carved splits and subsets (fixed: run seeds vary training only, never the test set)",
-    )
+    split_seed: int = _split_seed("the carved splits and subsets")
     roi_size: tuple[int, int, int] = (96, 96, 96)
     pixdim: tuple[float, float, float] | None = None
     intensity: Literal["ct", "mr"] = "mr"

@@ -96,7 +96,8 @@ class ReIDPredictor:
         dist = np.empty((len(query), len(pixels)), np.float32)
         for report in dict.fromkeys(reports):
             rows = [i for i, r in enumerate(reports) if r == report]
-            g = self._embed_pixels(pixels, self._report_tokens([report] * len(pixels), len(pixels)))
+            tokens = {k: v.repeat(len(pixels), 1) for k, v in self._report_tokens([report], 1).items()}
+            g = self._embed_pixels(pixels, tokens)
             dist[rows] = compute_distance_matrix(torch.from_numpy(query[rows]), g, metric=self.metric).numpy()
         return dist
 

@@ -25,8 +25,7 @@ Features = np.ndarray | Sequence[np.ndarray]
 
 def _masked(x: Features, mask: np.ndarray, name: str, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """An (N, L, D) array with its (N, L) mask of real steps, padding left where it is stored (MulT pickles pad
-    on the left; positions count from the first stored step): padding zeroed, trailing all-padding steps cut, as
-    the run's data module does."""
+    on the left; positions count from the first stored step), padding zeroed."""
     x, mask = np.asarray(x, dtype=np.float32), np.asarray(mask)
     if x.ndim != 3 or x.shape[0] != n or x.shape[2] != dim or mask.shape != x.shape[:2] or mask.dtype != bool:
         raise ValueError(
@@ -35,8 +34,6 @@ def _masked(x: Features, mask: np.ndarray, name: str, n: int, dim: int) -> tuple
         )
     if not mask.any(axis=1).all():
         raise ValueError(f"{name}: row {int(np.argmin(mask.any(axis=1)))} has no real step in its mask")
-    end = int(np.flatnonzero(mask.any(axis=0)).max()) + 1
-    x, mask = x[:, :end], mask[:, :end]
     return clean_nonfinite(np.where(mask[..., None], x, np.float32(0)), name), mask
 
 
@@ -104,12 +101,10 @@ class SentimentPredictor:
             features = extra.get(m)
             if features is None:
                 raise ValueError(f"this model needs {m!r} features: predict(texts, {m}=...)")
-            x, mask = self._sequences(features, masks, m, n)
-            limit = self.max_len.get(m)
-            if limit is not None and mask.sum(1).max() > limit:
-                raise ValueError(
-                    f"{m}: sequences of {mask.sum(1).max()} steps, the run read at most {limit} (data.max_len.{m})"
-                )
+            x, mask = self._arrays(features, masks, m, n)
+            limit, longest = self.max_len.get(m), int(mask.sum(1).max())
+            if limit is not None and longest > limit:
+                raise ValueError(f"{m}: sequences of {longest} steps, the run read at most {limit} (data.max_len.{m})")
             stats = self.run.stats.get(m) if isinstance(self.run.stats.get(m), dict) else None
             if stats is not None:
                 x = np.where(mask[..., None], (x - np.float32(stats["mean"])) / np.float32(stats["std"]), 0.0)
@@ -117,7 +112,7 @@ class SentimentPredictor:
         if "text" in self.modalities:
             text_features = extra.get("text")
             if text_features is not None:  # the run read text features, not transcripts
-                arrays["text"], arrays["text_mask"] = self._sequences(text_features, masks, "text", n)
+                arrays["text"], arrays["text_mask"] = self._arrays(text_features, masks, "text", n)
             elif self.reads_tokens:
                 ids, mask = tokenize(texts, self.text_model, self.max_text)
                 arrays["text_ids"], arrays["text_mask"] = ids, mask
@@ -125,7 +120,8 @@ class SentimentPredictor:
                 arrays["text"], arrays["text_mask"] = cached_text_states(texts, self.text_model, self.max_text)
         return arrays
 
-    def _sequences(self, x: Features, masks: Mapping[str, np.ndarray], m: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def _arrays(self, x: Features, masks: Mapping[str, np.ndarray], m: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Modality ``m``'s (N, L, D) features and (N, L) mask: as stored with its mask when one is given."""
         if m in masks:
             return _masked(x, masks[m], m, n, self.input_dims[m])
         return _sequences(x, m, n, self.input_dims[m])
