@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from conftest import run_gpfuse, tiny_grf_run
 from gpfuse.config import dump_config, validate_config
 from gpfuse.data.synthetic import write_synthetic_mosi
 from gpfuse.inference.saved_run import RUN_CONFIG
-from gpfuse.tasks.runner import _finished, load_run_config, run_dir_for, train
+from gpfuse.tasks.runner import _finished, evaluate, load_run_config, run_dir_for, train
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +52,40 @@ class _CrashAtEpoch(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             raise RuntimeError("simulated crash")
+
+
+class _CountValidations(Callback):
+    """How many validation passes ran outside the fit (``trainer.validate``)."""
+
+    def __init__(self) -> None:
+        self.after_fit = 0
+
+    def on_validation_start(self, trainer, pl_module):
+        self.after_fit += trainer.state.fn == TrainerFn.VALIDATING
+
+
+def test_the_best_epochs_validation_figures_come_from_the_fit_and_equal_an_evaluation(tmp_path, mosi):
+    cfg = validate_config(_raw(tmp_path, mosi), "test")
+    counter = _CountValidations()
+    metrics = train(cfg, callbacks=[counter])
+    run = run_dir_for(cfg)
+    assert counter.after_fit == 0  # the best checkpoint is not validated a second time
+    history = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["ValidationHistory"]
+    assert sorted(history["epochs"]) == ["0", "1"]
+    best = history["epochs"][str(metrics["best_epoch"])]
+    assert metrics["valid"] == {k.removeprefix("valid/"): v for k, v in best.items()}
+    assert evaluate(run)["valid"] == pytest.approx(metrics["valid"], abs=1e-6)  # the saved model, validated anew
+
+    # a checkpoint written before the history existed: the best checkpoint is validated after the fit, as before
+    for name in ("last", "best"):
+        checkpoint = torch.load(run / "checkpoints" / f"{name}.ckpt", weights_only=True)
+        del checkpoint["callbacks"]["ValidationHistory"]
+        torch.save(checkpoint, run / "checkpoints" / f"{name}.ckpt")
+    (run / "metrics.json").unlink()
+    counter = _CountValidations()
+    resumed = train(cfg, resume=True, callbacks=[counter])
+    assert counter.after_fit == 1
+    assert resumed["valid"] == pytest.approx(metrics["valid"], abs=1e-6)
 
 
 def test_a_finished_run_is_left_as_it_is_and_said_so(tmp_path, mosi, caplog):
@@ -136,24 +171,3 @@ def test_a_run_that_stopped_early_stays_stopped(tmp_path, mosi):
     (run / "metrics.json").unlink()
     resumed = train(cfg, resume=True)
     assert resumed == metrics
-
-
-def test_the_cuda_generator_is_saved_and_restored_for_this_process_device_only(monkeypatch):
-    """On a (faked) machine with 2 GPUs, this process on device 1: one state saved; restored onto device 1, also
-    from a checkpoint that held every device's state, and on a machine with fewer GPUs than were saved."""
-    from gpfuse.tasks import resume
-
-    states = {0: torch.tensor([10], dtype=torch.uint8), 1: torch.tensor([11], dtype=torch.uint8)}
-    restored: list[int] = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[1])
-    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(int(state[0])))
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every device's state was read"))
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("every device's state was set"))
-    saved = resume._collect()
-    assert [int(s[0]) for s in saved["cuda"]] == [11]
-    resume._restore(saved)
-    resume._restore({**saved, "cuda": [states[0], states[1]]})  # an older checkpoint: every device's state
-    resume._restore({**saved, "cuda": [states[0]]})  # saved on device 0 (rank 0's): onto this device
-    assert restored == [11, 11, 10]

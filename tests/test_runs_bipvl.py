@@ -45,6 +45,7 @@ def test_full_model_run_evaluates_and_predicts(tmp_path, root):
     assert (run / "prediction_slices.png").is_file()
     again = evaluate(run)
     assert again["test"]["mean_dice"] == pytest.approx(metrics["test"]["mean_dice"], abs=1e-6)
+    assert again["valid"] == pytest.approx(metrics["valid"], abs=1e-5)  # the fit's best-epoch figures
     out = predict(run, root / "imagesTr" / "case_003.nii.gz", tmp_path / "pred")
     seg, source = nib.load(out / "case_003_seg.nii.gz"), nib.load(root / "imagesTr" / "case_003.nii.gz")
     assert seg.shape == source.shape and np.allclose(seg.affine, source.affine)

@@ -83,6 +83,7 @@ def test_pgf_net_run_logs_gates_evaluates_and_predicts(tmp_path, mosi, recwarn):
     assert "gate/step5_mean" in header  # one gate per fused layer (6 for MiniLM)
     again = evaluate(run)
     assert again["test"]["MAE"] == pytest.approx(metrics["test"]["MAE"], abs=1e-5)
+    assert again["valid"] == pytest.approx(metrics["valid"], abs=1e-5)  # the fit's best-epoch figures
     rows = predict(run, mosi, tmp_path / "scores.csv").read_text().splitlines()
     assert rows[0] == "id,split,score,label" and len(rows) == 10 * 4 + 1
     assert_predicted_scores_match_eval(run, mosi, tmp_path / "again.csv")

@@ -73,6 +73,7 @@ def test_gpf_net_on_colo_pair_reports_both_protocols_and_evaluates(tmp_path, col
     assert "path\tpid\tcamid\tgroup" in (run / "splits" / "query.txt").read_text()
     again = evaluate(run)
     assert again["test"]["query/mAP"] == pytest.approx(metrics["test"]["query/mAP"], abs=1e-6)
+    assert again["valid"] == pytest.approx(metrics["valid"], abs=1e-5)  # the fit's best-epoch figures
     assert json.loads((run / "metrics.json").read_text())["figures"] == [str(run / "rank_list.png")]
 
 

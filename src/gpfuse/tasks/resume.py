@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from gpfuse.models.io import CheckpointMismatchError
 
-__all__ = ["RandomStateCheckpoint", "ResumableEarlyStopping", "check_checkpoint", "epoch_sampler"]
+__all__ = ["RandomStateCheckpoint", "ResumableEarlyStopping", "ValidationHistory", "check_checkpoint", "epoch_sampler"]
 
 KEY = "gpfuse_random_states"
 
@@ -81,6 +81,35 @@ class RandomStateCheckpoint(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == TrainerFn.FITTING and KEY in checkpoint:
             _restore(checkpoint[KEY])
+
+
+class ValidationHistory(Callback):
+    """Every validated epoch's ``valid/`` figures, kept in every checkpoint so that a resumed run has them too:
+    the run reports the best epoch's figures from here instead of validating the best checkpoint again after
+    the fit (a second pass over the validation set that gives the same numbers: same weights, same data).
+    ``figures(epoch)`` is None for an epoch it did not see (a checkpoint written before it existed): the
+    caller then validates the best checkpoint as before."""
+
+    def __init__(self) -> None:
+        self.epochs: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self.epochs[trainer.current_epoch] = {
+            k.split("/dataloader_idx_")[0]: float(v)  # the retrieval loaders' suffixes, as trainer.validate's
+            for k, v in trainer.callback_metrics.items()
+            if k.startswith("valid/")
+        }
+
+    def figures(self, epoch: int) -> dict[str, float] | None:
+        return self.epochs.get(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs": {str(e): m for e, m in self.epochs.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epochs = {int(e): dict(m) for e, m in state_dict["epochs"].items()}
 
 
 def epoch_sampler(dataset: Dataset, trainer: L.Trainer | None, seed: int) -> DistributedSampler | None:

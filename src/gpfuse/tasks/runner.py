@@ -51,7 +51,7 @@ from gpfuse.tasks.kinds import TASK_KINDS, TaskData, at_data
 from gpfuse.tasks.loggers import add_loggers, log_test_metrics
 from gpfuse.tasks.plots import plot_run
 from gpfuse.tasks.progress import progress_callback
-from gpfuse.tasks.resume import RandomStateCheckpoint, ResumableEarlyStopping, check_checkpoint
+from gpfuse.tasks.resume import RandomStateCheckpoint, ResumableEarlyStopping, ValidationHistory, check_checkpoint
 from gpfuse.tasks.samples import write_samples
 from gpfuse.utils import environment
 from gpfuse.utils.files import atomic_path, atomic_write_text, read_json
@@ -321,7 +321,9 @@ def _count(model: torch.nn.Module) -> dict[str, int]:
 
 
 def train(config: RunConfig, resume: bool = False, command: str = "", callbacks: list | None = None) -> dict[str, Any]:
-    """Train one seed (``config.train.seed``), select on validation, test once with the best checkpoint.
+    """Train one seed (``config.train.seed``), select on validation, test once with the best checkpoint. The
+    validation figures reported are the best epoch's as the fit computed them
+    (:class:`~gpfuse.tasks.resume.ValidationHistory`), not a second pass over the validation set.
     Checkpoints hold the random states (:class:`~gpfuse.tasks.resume.RandomStateCheckpoint`), so a run
     resumed from ``last.ckpt`` ends as the uninterrupted run would have."""
     run_dir = run_dir_for(config)
@@ -346,8 +348,11 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1, enable_version_counter=False
     )
     stopper = ResumableEarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.patience)
+    history = ValidationHistory()
     trainer = _trainer(
-        config, run_dir, [checkpoint, latest, stopper, RandomStateCheckpoint(), FiniteLoss(), *(callbacks or [])]
+        config,
+        run_dir,
+        [checkpoint, latest, stopper, history, RandomStateCheckpoint(), FiniteLoss(), *(callbacks or [])],
     )
     main = trainer.is_global_zero
     last = _check_resumable(run_dir, config, resume, main)
@@ -380,11 +385,15 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None, weights_only=True)
     stopped_early = stopper.wait_count >= stopper.patience  # read before validate/test run the callbacks again
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
+    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    seen = history.figures(best_epoch)  # None: the best epoch ran before a resume from a checkpoint without it
     valid = _strip(
-        _merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "valid"
+        seen
+        if seen is not None
+        else _merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)),
+        "valid",
     )
     test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "test")
-    best_epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     metrics = {
         "valid": valid,
         "test": test,
