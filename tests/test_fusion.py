@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from gpfuse.fusion import BINARY_FUSIONS, build_fusion
+from gpfuse.fusion.attention import CrossAttention, DownsampledAttention, SymmetricCrossAttention, TwoWayAttention
 
 D = 16
 
@@ -314,6 +317,18 @@ def test_gpf_pre_ln_layer_follows_its_formula_and_trains_every_parameter():
     _grad_check(stack, stack(x, mask=mask)[:, 0].square().mean())
 
 
+def test_gpf_post_ln_layer_follows_the_papers_formula():
+    layer = _gpf(norm_first=False).blocks[0]
+    assert isinstance(layer.norm_attn, torch.nn.LayerNorm)
+    x, mask = _joint()
+    with torch.no_grad():  # LN(x + attn(LN([I; F]))), then LN(x + FFN(x))
+        fused = layer.gate(x[:, :1], x[:, 1:])
+        h = layer.norm_in(torch.cat([x[:, :1], fused], dim=1))
+        y = layer.norm_attn(x + layer.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0])
+        y = layer.norm_ffn(y + layer.ffn(y))
+        torch.testing.assert_close(layer(x, mask)[mask], y[mask])
+
+
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_gpf_stack_masks_and_batch_independence(norm_first):
     stack = _gpf(norm_first=norm_first).eval()
@@ -327,3 +342,253 @@ def test_gpf_stack_masks_and_batch_independence(norm_first):
         torch.testing.assert_close(alone[mask], ref[mask], atol=1e-5, rtol=1e-5)
         image_only = stack(x[2:3, :1], mask=mask[2:3, :1])  # no text tokens at all
     torch.testing.assert_close(image_only[:, 0], ref[2:3, 0], atol=1e-5, rtol=1e-5)
+
+
+# ---- the blocks of EA-DK, PGF-Net and BiPVL-Seg -----------------------------------------------------
+
+
+def _randomise(*layers: torch.nn.Linear) -> None:
+    """Give zero-initialised output projections weights, so that what they project shows in the output."""
+    for layer in layers:
+        torch.nn.init.normal_(layer.weight, std=0.5)
+        torch.nn.init.normal_(layer.bias, std=0.5)
+
+
+def _bifusion(update_text=True):
+    from gpfuse.fusion.bifusion import BiFusionBlock
+
+    torch.manual_seed(0)
+    return BiFusionBlock(D, text_dim=12, depth=2, num_heads=2, mlp_dim=24, update_text=update_text)
+
+
+def test_bifusion_starts_as_the_identity_and_then_follows_its_two_way_blocks():
+    block = _bifusion()
+    assert len(block.blocks) == 2
+    features, text = torch.randn(2, D, 3, 4, 2), torch.randn(2, 5, 12)
+    mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    fused, words = block(features, text, mask)
+    assert torch.equal(fused, features) and torch.equal(words, text)  # zero output projections
+    _randomise(block.text_out, block.volume_out)
+    fused, words = block(features, text, mask)
+    tokens = features.flatten(2).transpose(1, 2)  # (B, 24, D), the voxels in memory order
+    w = block.text_in(text / text.norm(dim=-1, keepdim=True))
+    for two_way in block.blocks:
+        w, tokens = two_way(w, tokens, mask)
+    assert torch.allclose(fused, features + block.volume_out(tokens).transpose(1, 2).reshape(2, D, 3, 4, 2), atol=1e-6)
+    assert torch.allclose(words, text + block.text_out(w), atol=1e-6)
+    # the text is L2-normalised first: its scale does not matter; padded words do not either
+    scaled = text * 7.0
+    scaled[1, 3:] = torch.randn(2, 12)
+    again, _ = block(features, scaled, mask)
+    assert torch.allclose(again, fused, atol=1e-5)
+    _grad_check(block, fused.square().mean() + words.square().mean())
+
+
+def test_bifusion_without_a_text_update_hands_the_text_back_and_is_batch_independent():
+    block = _bifusion(update_text=False).eval()
+    assert block.text_out is None
+    _randomise(block.volume_out)
+    features, text = torch.randn(3, D, 2, 3, 2), torch.randn(3, 4, 12)
+    fused, words = block(features, text)
+    assert words is text and not torch.allclose(fused, features)
+    one, _ = block(features[1:2], text[1:2])
+    assert torch.allclose(one, fused[1:2], atol=1e-5)
+
+
+def test_encoder_attention_pools_each_stage_attends_and_averages():
+    from gpfuse.fusion.encoder_attention import EncoderAttention
+
+    torch.manual_seed(0)
+    attention = EncoderAttention(D, num_stages=3, num_heads=2)
+    assert 0 < attention.stage_embedding.std() < 0.05  # a small random embedding per stage
+    stages = [torch.randn(2, D, s, s) for s in (8, 4, 2)]
+    context, weights = attention(stages)
+    assert context.shape == (2, D) and weights.shape == (2, 3, 3)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 3), atol=1e-6)
+    tokens = torch.stack([s.mean(dim=(2, 3)) for s in stages], dim=1) + attention.stage_embedding
+    h = attention.norm_attn(tokens)
+    tokens = tokens + attention.attn(h, h, h)[0]
+    tokens = tokens + attention.ffn(attention.norm_ffn(tokens))
+    assert torch.allclose(context, tokens.mean(dim=1), atol=1e-6)
+    # one value per stage map: the maps' spatial arrangement does not matter, their mean does
+    shuffled = [s.flatten(2)[..., torch.randperm(s[0, 0].numel())].reshape(s.shape) for s in stages]
+    assert torch.allclose(attention(shuffled)[0], context, atol=1e-5)
+    _grad_check(attention, context.square().mean())
+    attention.eval()
+    assert torch.allclose(attention([s[1:] for s in stages])[0], attention(stages)[0][1:], atol=1e-6)
+
+
+def test_gated_kernel_update_follows_ldnets_head_updater():
+    from gpfuse.fusion.kernel import GatedKernelUpdate
+
+    torch.manual_seed(0)
+    update = GatedKernelUpdate(D, feat_dim=8)
+    for norm in (update.descriptor_gate_norm, update.kernel_gate_norm, update.descriptor_norm, update.kernel_norm):
+        torch.nn.init.normal_(norm.weight)  # LayerNorm's affine away from (1, 0), so swapped norms show
+        torch.nn.init.normal_(norm.bias)
+    kernel, descriptor = torch.randn(2, 3, D), torch.randn(2, 3, D)
+    new, gates = update(kernel, descriptor, return_gate=True)
+    assert new.shape == (2, 3, D) and gates.shape == (2, 3, 2, 8)
+    assert torch.equal(new, update(kernel, descriptor))
+    d_in, d_out = update.descriptor_proj(descriptor)[..., :8], update.descriptor_proj(descriptor)[..., 8:]
+    k_in, k_out = update.kernel_proj(kernel)[..., :8], update.kernel_proj(kernel)[..., 8:]
+    g_d = torch.sigmoid(update.descriptor_gate_norm(update.descriptor_gate(d_in * k_in)))
+    g_k = torch.sigmoid(update.kernel_gate_norm(update.kernel_gate(d_in * k_in)))
+    mixed = g_d * update.descriptor_norm(d_out) + g_k * update.kernel_norm(k_out)
+    linear, norm = update.out[0], update.out[1]  # Linear, LayerNorm, ReLU
+    assert torch.allclose(
+        new, torch.relu(torch.nn.functional.layer_norm(linear(mixed), (D,), norm.weight, norm.bias)), atol=1e-6
+    )
+    assert torch.allclose(gates[..., 0, :], g_k, atol=1e-6) and torch.allclose(gates[..., 1, :], g_d, atol=1e-6)
+    assert (new >= 0).all() and (new == 0).any()  # the ReLU at the end
+    _grad_check(update, new.square().mean() + gates.square().mean())
+
+
+def test_gated_kernel_update_gate_width_defaults_to_the_kernel_size():
+    from gpfuse.fusion.kernel import GatedKernelUpdate
+
+    update = GatedKernelUpdate(D)
+    assert update.feat_dim == D and update.kernel_gate.in_features == D
+
+
+def test_bottleneck_adapter_starts_as_the_identity_and_adds_its_bottleneck():
+    from gpfuse.fusion.in_lm_step import BottleneckAdapter
+
+    torch.manual_seed(0)
+    adapter = BottleneckAdapter(D, size=4)
+    x = torch.randn(2, 5, D)
+    assert torch.equal(adapter(x), x) and adapter.down.out_features == 4
+    _randomise(adapter.up)
+    expected = x + adapter.up(torch.nn.functional.gelu(adapter.down(x)))
+    assert torch.allclose(adapter(x), expected, atol=1e-6)
+
+
+def _step(**options):
+    from gpfuse.fusion.in_lm_step import GatedCrossModalBlock
+
+    torch.manual_seed(0)
+    return GatedCrossModalBlock(D, num_heads=2, dropout=0.0, **options)
+
+
+def test_pgf_step_arbitrates_between_text_and_cross_attention():
+    step = _step(adapter=4)
+    _randomise(step.adapter.up)
+    text, bank = torch.randn(2, 5, D), torch.randn(2, 7, D)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    out, gate = step(text, bank, mask, return_gate=True)
+    cross = step.cross(text, bank, mask)
+    g = torch.sigmoid(step.gate.w(torch.cat([text, cross], dim=-1)))
+    assert torch.allclose(gate, g, atol=1e-6)
+    assert torch.allclose(out, step.adapter(g * text + (1 - g) * cross), atol=1e-6)
+    assert torch.equal(out, step(text, bank, mask))
+    padded = bank.clone()
+    padded[1, 4:] = 50.0
+    assert torch.allclose(step(text, padded, mask), out, atol=1e-5)  # masked bank steps are not read
+    _grad_check(step, out.square().mean())
+    step.eval()
+    assert torch.allclose(step(text[1:], bank[1:], mask[1:]), step(text, bank, mask)[1:], atol=1e-5)
+
+
+def test_pgf_step_gate_bias_sets_where_the_gate_starts():
+    step = _step(gate_bias=3.0)
+    assert torch.equal(step.gate.w.bias, torch.full((D,), 3.0))
+
+
+def test_pgf_step_ablations_mean_of_the_bank_plain_sum_and_no_adapter():
+    step = _step(gate="sum", cross_attention=False, adapter=0)
+    assert step.cross is None and isinstance(step.adapter, torch.nn.Identity)
+    text, bank = torch.randn(2, 5, D), torch.randn(2, 7, D)
+    mask = torch.tensor([[True] * 7, [True, True, False, False, False, False, False]])
+    out, gate = step(text, bank, mask, return_gate=True)
+    mean = torch.stack([bank[0].mean(0), bank[1, :2].mean(0)])  # each sample's real steps only
+    assert gate is None and torch.allclose(out, text + mean[:, None], atol=1e-6)
+
+
+def _heads(module: torch.nn.Module) -> list[int]:
+    return [m.num_heads for m in module.modules() if hasattr(m, "num_heads") and isinstance(m.num_heads, int)]
+
+
+def _dropouts(module: torch.nn.Module) -> set[float]:
+    nn = torch.nn
+    return {m.p for m in module.modules() if isinstance(m, nn.Dropout)} | {
+        float(m.dropout) for m in module.modules() if isinstance(m, nn.MultiheadAttention | DownsampledAttention)
+    }
+
+
+def _widths(module: torch.nn.Module) -> set[int]:
+    return {m.out_features for m in module.modules() if isinstance(m, torch.nn.Linear)}
+
+
+def test_the_blocks_defaults_are_the_papers_settings():
+    """Built with their defaults, the blocks have the settings their docstrings give (the papers' or their
+    public code's); a model config that leaves an option out gets these."""
+    from gpfuse.fusion.bifusion import BiFusionBlock
+    from gpfuse.fusion.encoder_attention import EncoderAttention
+    from gpfuse.fusion.gates import GatedArbitration
+    from gpfuse.fusion.image_gated_layer import GatedProgressiveLayer, gated_progressive_stack
+    from gpfuse.fusion.in_lm_step import BottleneckAdapter, GatedCrossModalBlock
+
+    cross = CrossAttention(64)
+    assert _heads(cross) == [4] and _dropouts(cross) == {0.0} and isinstance(cross.norm, torch.nn.LayerNorm)
+    sym = SymmetricCrossAttention(64)  # GRF: 4 layers, 4 heads, FFN 256, dropout 0.1
+    assert _heads(sym) == [4] * 16 and _dropouts(sym) == {0.1} and _widths(sym) == {64, 256}
+    down = DownsampledAttention(64)
+    assert down.num_heads == 8 and down.dropout == 0.0 and _widths(down) == {64}
+    two_way = TwoWayAttention(64)
+    assert _heads(two_way) == [4, 4, 4] and _widths(two_way) == {64, 512}
+    layer = GatedProgressiveLayer(64)  # GPF-Net: 8 heads, FFN 2048, dropout 0.1, post-LN
+    assert _heads(layer) == [8] and _dropouts(layer) == {0.1} and _widths(layer) == {64, 2048}
+    assert not layer.norm_first and isinstance(layer.norm_attn, torch.nn.LayerNorm) and layer.attn.batch_first
+    assert isinstance(layer.ffn[-1], torch.nn.Dropout)  # dropout after the FFN's output too
+    stack = gated_progressive_stack(64)  # 4 layers sharing one attention and one FFN, as GPF-Net's code
+    assert len(stack.blocks) == 4 and stack.blocks[0].attn is stack.blocks[3].attn
+    assert stack.blocks[0].ffn is stack.blocks[3].ffn and stack.blocks[0].gate is not stack.blocks[3].gate
+    assert _dropouts(stack) == {0.1} and isinstance(stack.blocks[0].ffn[-1], torch.nn.Dropout)
+    assert not stack.blocks[0].norm_first and stack.blocks[0].attn.batch_first
+    bifusion = BiFusionBlock(64, text_dim=48)  # BiPVL-Seg / SAM: 2 two-way blocks, 8 heads, MLP 2048, rate 2
+    assert len(bifusion.blocks) == 2 and _heads(bifusion) == [8] * 6 and bifusion.text_out is not None
+    assert _widths(bifusion) == {32, 48, 64, 2048}  # 32: the cross-attentions at 64 // 2 channels
+    encoder = EncoderAttention(64)  # EA-DK after LDNet: 5 stages, 4 heads, FFN 2x
+    assert encoder.stage_embedding.shape == (5, 64) and _heads(encoder) == [4] and _widths(encoder) == {64, 128}
+    step = GatedCrossModalBlock(64)  # PGF-Net: 8 heads, arbitration gate from 0.5, adapter 64, dropout 0.1
+    assert _heads(step) == [8] and _dropouts(step) == {0.1} and not step.cross.residual
+    assert isinstance(step.gate, GatedArbitration) and torch.equal(step.gate.w.bias, torch.zeros(64))
+    assert step.adapter.down.out_features == 64 and BottleneckAdapter(64).down.out_features == 64
+    assert torch.equal(GatedArbitration(8).w.bias, torch.zeros(8))
+
+
+def test_pgf_step_cross_attention_has_no_residual_of_the_text():
+    """H_cross is what the text reads from the bank, not the text plus it: with one real bank step every token
+    reads the same value."""
+    step = _step(adapter=0, gate="sum")
+    text, bank = torch.randn(1, 4, D), torch.randn(1, 3, D)
+    cross = step.cross(text, bank, torch.tensor([[True, False, False]]))
+    assert torch.allclose(cross, cross[:, :1].expand_as(cross), atol=1e-6)
+
+
+def test_the_kernel_update_keeps_the_gate_axis_before_the_features_with_more_leading_axes():
+    from gpfuse.fusion.kernel import GatedKernelUpdate
+
+    update = GatedKernelUpdate(D, feat_dim=8)
+    new, gates = update(torch.randn(2, 3, 4, D), torch.randn(2, 3, 4, D), return_gate=True)
+    assert new.shape == (2, 3, 4, D) and gates.shape == (2, 3, 4, 2, 8)
+
+
+def test_the_grf_block_defaults_and_its_gate_dropout():
+    """GRF's block: a 4-layer, 4-head symmetric cross-attention (FFN 256, dropout 0.1) and a Gated Fusion Unit
+    with the same dropout; another gate gets no dropout option."""
+    from gpfuse.fusion.gates import GatedFusionUnit
+
+    block = build_fusion("grf_block", dim=64)
+    assert _heads(block.cross) == [4] * 16 and _widths(block.cross) == {64, 256} and _dropouts(block.cross) == {0.1}
+    assert isinstance(block.gate, GatedFusionUnit) and block.gate.dropout.p == 0.1
+    assert build_fusion("grf_block", dim=64, dropout=0.3).gate.dropout.p == 0.3
+    assert build_fusion("grf_block", dim=64, gate="image_gate").gate is not None  # takes no dropout: not given one
+
+
+@pytest.mark.parametrize("spec", [None, "grf_block", {"dim": 16}])
+def test_a_stack_block_without_a_name_is_refused_with_what_was_given(spec):
+    with pytest.raises(
+        ValueError, match=r"a stack's 'block' must be a mapping with a 'name', got " + re.escape(repr(spec))
+    ):
+        build_fusion("recursive", order=["a", "b"], block=spec)

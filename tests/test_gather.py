@@ -31,8 +31,11 @@ def test_collector_drops_duplicates_and_orders_by_index():
         c.update(torch.tensor([3]), score=torch.tensor([1.0]))
     with pytest.raises(ValueError, match="rows for"):
         c.update(torch.tensor([3, 4]), score=torch.tensor([1.0]), row=torch.zeros(1, 2))
-    with pytest.raises(ValueError, match="distinct names"):
-        SampleCollector(["index"])
+    for keys in (["index"], [], ["score", "score"]):
+        with pytest.raises(ValueError, match=rf"keys must be distinct names other than 'index', got \{keys}"):
+            SampleCollector(keys)
+    with pytest.raises(ValueError, match=r"^SampleCollector\.compute\(\) before any update\(\)$"):
+        SampleCollector(["score"]).compute()
 
 
 def test_a_split_of_one_sample_keeps_its_sample_axis():
@@ -53,6 +56,8 @@ def test_pooled_gate_statistics_equal_those_of_all_values():
 
 
 def _worker(rank: int, world: int, init: str, n: int, queue) -> None:
+    # a forked child must not enter the OpenMP thread pool it inherited from a parent that used it (it hangs)
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)  # pads to equal shards
     mine = torch.tensor(list(sampler))
@@ -78,3 +83,13 @@ def test_collector_gathers_padded_shards_from_two_processes(tmp_path):
         assert index == list(range(n))
         assert value == [10.0 * i for i in range(n)]
         assert vector == [[i, -i] for i in range(n)]
+
+
+def test_pooled_gate_statistics_of_two_values_and_of_one():
+    """The unbiased variance of 2 values divides by 1; one value has no spread (not a division by 0)."""
+    mean, std = pooled_mean_std(gate_moments(torch.tensor([[1.0], [3.0]])))
+    assert (mean, std) == (2.0, pytest.approx(2**0.5))
+    mean, std = pooled_mean_std(gate_moments(torch.tensor([[5.0]])))
+    assert (mean, std) == (5.0, 0.0)
+    moments = gate_moments(torch.arange(6.0).reshape(2, 3))  # per sample: sum, sum of squares, count
+    assert moments.tolist() == [[3.0, 5.0, 3.0], [12.0, 50.0, 3.0]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -319,3 +322,59 @@ def test_re_ranking_larger_and_torch_input():
     got = re_ranking(torch.as_tensor(q_feats), torch.as_tensor(g_feats), k1=8, k2=3, chunk_size=16)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert not np.allclose(got, 0.3 * euclidean(q_feats, g_feats) ** 2)  # the Jaccard term did something
+
+
+@pytest.mark.parametrize("ap", ["standard", "trapezoid"])
+def test_ties_of_exactly_two_entries_are_ordered_by_gallery_index(ap):
+    """Every distance taken by two gallery entries: each match's rank depends on the one tie it is in."""
+    rng = np.random.default_rng(4)
+    num_q, num_g = 9, 40
+    dist = np.stack([rng.permutation(np.repeat(np.arange(num_g // 2, dtype=float), 2)) for _ in range(num_q)])
+    q_pids, g_pids = rng.integers(0, 4, num_q), rng.integers(0, 4, num_g)
+    q_cams, g_cams = rng.integers(0, 2, num_q), rng.integers(0, 2, num_g)
+    want = torchreid_eval(dist, q_pids, g_pids, q_cams, g_cams, 10, ap)
+    assert_same(evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=10, ap=ap), want)
+
+
+def test_integer_distances_rank_as_their_float_values():
+    q_feats, g_feats, *ids = random_split(2)
+    dist = np.round(compute_distance_matrix(q_feats, g_feats).numpy() * 10).astype(np.int64)
+    assert_same(evaluate_rank(dist, *ids, max_rank=20), evaluate_rank(dist.astype(np.float64), *ids, max_rank=20))
+
+
+def test_max_rank_defaults_to_50_and_a_gallery_of_exactly_max_rank_does_not_warn():
+    q_feats, g_feats, *ids = random_split(3)
+    cmc, _, _ = evaluate_rank(compute_distance_matrix(q_feats, g_feats), *ids)
+    assert cmc.shape == (50,)
+    dist = compute_distance_matrix(q_feats, g_feats)[:, :20]
+    q_pids, g_pids, q_cams, g_cams = ids[0], ids[1][:20], ids[2], ids[3][:20]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cmc, _, _ = evaluate_rank(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+    assert cmc.shape == (20,)
+
+
+def test_re_ranking_defaults_are_the_papers_and_a_small_pair_budget_gives_the_same_distances(monkeypatch):
+    """k1 = 20, k2 = 6, lambda = 0.3 (Zhong et al.); the Jaccard step split into many blocks (a pair budget
+    of 64 instead of 2^23) computes the same distances."""
+    module = importlib.import_module("gpfuse.metrics.re_ranking")  # the package exports the function by that name
+    q_feats, g_feats, *_ = random_split(8, num_q=12, num_g=40, dim=8, ids=4)
+    want = classic_re_ranking(
+        euclidean(q_feats, g_feats), euclidean(q_feats, q_feats), euclidean(g_feats, g_feats), 20, 6, 0.3
+    )
+    whole = re_ranking(q_feats, g_feats)
+    np.testing.assert_allclose(whole, want, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(module, "_PAIR_BUDGET", 64)
+    for chunk in (5, 512):
+        np.testing.assert_array_equal(re_ranking(q_feats, g_feats, chunk_size=chunk), whole)
+
+
+def test_re_ranking_names_the_argument_at_fault():
+    feats = np.ones((3, 2))
+    for name in ("k1", "k2", "chunk_size"):
+        with pytest.raises(ValueError, match=f"^{name} must be a positive integer, got 0$"):
+            re_ranking(feats, feats, **{name: 0})
+    with pytest.raises(ValueError, match=r"q_feats and g_feats must be non-empty, got 0 and 3 rows"):
+        re_ranking(np.ones((0, 2)), feats)
+    with pytest.raises(ValueError, match=r"got 3 and 0 rows"):
+        re_ranking(feats, np.ones((0, 2)))

@@ -139,14 +139,12 @@ class _ToolboxSmeasure(Smeasure):
     pixel (mask only in the last row / column) has weight 0 and adds 0 (MATLAB and pysodmetrics give NaN)."""
 
     def region(self, pred: np.ndarray, gt: np.ndarray) -> float:
+        """Called by ``Smeasure.cal_sm`` only for a mask with foreground and background (0 < mean < 1)."""
         h, w = gt.shape
         total = int(np.count_nonzero(gt))
-        if total == 0:
-            cy, cx = (h + 1) // 2, (w + 1) // 2
-        else:
-            rows, cols = np.nonzero(gt)
-            sy, sx = int(rows.sum()) + total, int(cols.sum()) + total  # sums of 1-based coordinates
-            cy, cx = (2 * sy + total) // (2 * total), (2 * sx + total) // (2 * total)
+        rows, cols = np.nonzero(gt)
+        sy, sx = int(rows.sum()) + total, int(cols.sum()) + total  # sums of 1-based coordinates
+        cy, cx = (2 * sy + total) // (2 * total), (2 * sx + total) // (2 * total)
         area = h * w
         w_lt, w_rt, w_lb = cx * cy / area, cy * (w - cx) / area, (h - cy) * cx / area
         parts = (
