@@ -382,6 +382,9 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
         # frozen parts (a frozen language model, frozen batch norms) are in eval mode on purpose: Lightning's
         # warning about them at the start of training tells a user nothing
         warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+        # every training figure is logged per epoch (on_step=False): Lightning's step logging interval, and its
+        # warning that an epoch has fewer batches than it, concern nothing gpfuse writes
+        warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if last else None, weights_only=True)
     stopped_early = stopper.wait_count >= stopper.patience  # read before validate/test run the callbacks again
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
