@@ -33,11 +33,15 @@ def _draws() -> tuple:
 
 
 def test_random_states_come_back_from_a_weights_only_checkpoint(tmp_path):
-    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    torch.manual_seed(3)
+    np.random.seed(3)
+    random.seed(3)
     np.random.randn()  # NumPy's cached second Gaussian is part of its state
     torch.save({"states": resume._collect()}, tmp_path / "c.pt")
     first = _draws()
-    torch.manual_seed(9), np.random.seed(9), random.seed(9)
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
     resume._restore(torch.load(tmp_path / "c.pt", weights_only=True)["states"])
     assert _draws() == first
 
@@ -72,7 +76,7 @@ def test_validation_history_keeps_each_fitted_epochs_figures_across_a_checkpoint
     sanity.sanity_checking = True
     history.on_validation_end(sanity, None)
     history.on_validation_end(_trainer(TrainerFn.VALIDATING, current_epoch=3, callback_metrics=metrics), None)
-    assert history.figures(0) == {"valid/Dice": 0.25, "valid/mAP": 0.5}
+    assert history.figures(0) == {"valid/Dice": 0.25, "valid/mAP/dataloader_idx_1": 0.5}  # as logged
     assert history.figures(1) == {"valid/Dice": 0.75}
     assert history.figures(2) is None and history.figures(3) is None
     torch.save({"history": history.state_dict()}, tmp_path / "c.pt")
@@ -120,8 +124,6 @@ def test_a_checkpoint_is_checked_before_it_is_resumed(tmp_path):
 def test_the_cuda_generator_is_saved_and_restored_for_this_process_device_only(monkeypatch):
     """On a (faked) machine with 2 GPUs, this process on device 1: one state saved; restored onto device 1, also
     from a checkpoint that held every device's state, and on a machine with fewer GPUs than were saved."""
-    from gpfuse.tasks import resume
-
     states = {0: torch.tensor([10], dtype=torch.uint8), 1: torch.tensor([11], dtype=torch.uint8)}
     restored: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

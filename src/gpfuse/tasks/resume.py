@@ -84,11 +84,11 @@ class RandomStateCheckpoint(Callback):
 
 
 class ValidationHistory(Callback):
-    """Every validated epoch's ``valid/`` figures, kept in every checkpoint so that a resumed run has them too:
-    the run reports the best epoch's figures from here instead of validating the best checkpoint again after
-    the fit (a second pass over the validation set that gives the same numbers: same weights, same data).
-    ``figures(epoch)`` is None for an epoch it did not see (a checkpoint written before it existed): the
-    caller then validates the best checkpoint as before."""
+    """Every validated epoch's ``valid/`` figures as logged (the names ``trainer.validate`` returns), kept in
+    every checkpoint so that a resumed run has them too: the run reports the best epoch's figures from here
+    instead of validating the best checkpoint again after the fit (a second pass over the validation set that
+    gives the same numbers: same weights, same data). ``figures(epoch)`` is None for an epoch it did not see (a
+    checkpoint written before it existed): the caller then validates the best checkpoint as before."""
 
     def __init__(self) -> None:
         self.epochs: dict[int, dict[str, float]] = {}
@@ -97,9 +97,7 @@ class ValidationHistory(Callback):
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         self.epochs[trainer.current_epoch] = {
-            k.split("/dataloader_idx_")[0]: float(v)  # the retrieval loaders' suffixes, as trainer.validate's
-            for k, v in trainer.callback_metrics.items()
-            if k.startswith("valid/")
+            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("valid/")
         }
 
     def figures(self, epoch: int) -> dict[str, float] | None:

@@ -390,12 +390,12 @@ def train(config: RunConfig, resume: bool = False, command: str = "", callbacks:
     best = checkpoint.best_model_path or str(run_dir / "checkpoints" / "best.ckpt")
     best_epoch = int(torch.load(best, map_location="cpu", weights_only=True, mmap=True)["epoch"])
     seen = history.figures(best_epoch)  # None: the best epoch ran before a resume from a checkpoint without it
-    valid = _strip(
-        seen
+    logged = (
+        [seen]
         if seen is not None
-        else _merge(trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)),
-        "valid",
+        else trainer.validate(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)
     )
+    valid = _strip(_merge(logged), "valid")
     test = _strip(_merge(trainer.test(task, datamodule=data, ckpt_path=best, verbose=False, weights_only=True)), "test")
     metrics = {
         "valid": valid,
