@@ -49,7 +49,7 @@ test-shuffled: install browser
 	@echo "test order seed: $(SEED) (make test-shuffled SEED=$(SEED) repeats it)"
 	GPFUSE_TEST_SHUFFLE=$(SEED) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-# mutation testing of metrics/, fusion/, tasks/gather.py and tasks/resume.py with their fast tests (pyproject.toml [tool.mutmut]):
+# mutation testing of metrics/, fusion/, inference/, tasks/gather.py and tasks/resume.py with their fast tests (pyproject.toml [tool.mutmut]):
 # lists the surviving mutants and prints the score
 mutation: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,loggers,mutation]'

@@ -278,9 +278,11 @@ class RunConfig(_Strict):
         return TASK_OF_DATA[type(self.data)]
 
     def data_as(self, kind: type[_Section]) -> _Section:
-        """``data`` typed as the section ``kind``, for code of one task kind: the task is chosen by the section's
-        type (:attr:`task`), so that code only ever gets its own section. A typing aid: nothing is checked."""
-        return typing.cast(_Section, self.data)
+        """``data`` as the section ``kind``, for code of one task kind (the task is chosen by the section's type,
+        :attr:`task`); a clear error where the run is of another kind."""
+        if not isinstance(self.data, kind):
+            raise TypeError(f"{self.name}: a {self.task!r} run (data.source {self.data.source!r}), not {kind.__name__}")
+        return self.data
 
     def data_paths(self) -> list[str]:
         """Every dataset file or folder the run reads."""

@@ -4,21 +4,18 @@ through the evaluator's distance code, with the run's resize, normalisation and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from gpfuse.config import ReIDDataConfig
 from gpfuse.data.reid import ImageTransform
 from gpfuse.encoders.image import IMAGE_ENCODERS
 from gpfuse.encoders.text import tokenize
 from gpfuse.inference.inputs import ImageInput, as_rgb
 from gpfuse.inference.saved_run import SavedRun
 from gpfuse.metrics.reid import compute_distance_matrix
-
-if TYPE_CHECKING:
-    from gpfuse.config import ReIDDataConfig
 
 __all__ = ["ReIDPredictor"]
 
@@ -35,10 +32,10 @@ class ReIDPredictor:
 
     def __init__(self, run: SavedRun, batch_size: int | None = None) -> None:
         self.run = run
-        m, d = run.config.model, cast("ReIDDataConfig", run.config.data)  # gpfuse.load: a re-identification run
-        encoder = IMAGE_ENCODERS[m.get("image_encoder", "resnet50")][0]
+        m, d = run.config.model, run.config.data_as(ReIDDataConfig)
+        encoder = IMAGE_ENCODERS[m["image_encoder"]][0]
         self.transform = ImageTransform(tuple(d.image_size), mean=encoder.input_mean, std=encoder.input_std)
-        self.text_model, self.max_text_len = m.get("text_model"), m.get("max_text_len", 64)
+        self.text_model, self.max_text_len = m["text_model"], m["max_text_len"]
         self.metric = d.metric
         #: the protocol the run reports and selects checkpoints on (``data.select_protocol``): what ``rank`` uses
         self.protocol = d.select_protocol

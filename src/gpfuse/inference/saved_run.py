@@ -130,12 +130,17 @@ class SavedRun:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
 
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The model's ``{"name", "options"}`` as saved (a torch model of ``create_model``, or an ONNX file's)."""
+        return cast("PretrainedMixin", self.model).gpfuse_config
+
     def model_option(self, key: str) -> Any:
         """Option ``key`` the model was built with (its saved config), else its constructor's default: the same
         for the torch model and an ONNX file."""
         from gpfuse.models import MODELS
 
-        config = cast("PretrainedMixin", self.model).gpfuse_config  # a torch model of create_model, or an OnnxModel
+        config = self.model_config
         if key in config["options"]:
             return config["options"][key]
         return inspect.signature(MODELS[config["name"]]).parameters[key].default

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from gpfuse.config import SegDataConfig
 from gpfuse.data.seg_transforms import SegTransform
 from gpfuse.encoders.image import IMAGE_ENCODERS
 from gpfuse.inference.inputs import ImageInput, as_rgb
 from gpfuse.inference.saved_run import SavedRun
-
-if TYPE_CHECKING:
-    from gpfuse.config import SegDataConfig
 
 __all__ = ["SegmentationPredictor", "SegmentationResult", "full_size_probabilities"]
 
@@ -53,8 +51,8 @@ class SegmentationPredictor:
 
     def __init__(self, run: SavedRun, batch_size: int | None = None) -> None:
         self.run = run
-        encoder = IMAGE_ENCODERS[run.config.model.get("encoder", "efficientnet_lite0")][0]
-        data = cast("SegDataConfig", run.config.data)  # gpfuse.load: a 2D segmentation run
+        data = run.config.data_as(SegDataConfig)
+        encoder = IMAGE_ENCODERS[run.config.model["encoder"]][0]
         self.transform = SegTransform(data.image_size, mean=encoder.input_mean, std=encoder.input_std)
         self.threshold = run.config.train.threshold
         self.batch_size = batch_size or data.eval_batch_size

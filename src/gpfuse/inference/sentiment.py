@@ -4,19 +4,15 @@ encoder or tokenizer and its feature standardisation."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 
+from gpfuse.config import SentimentDataConfig
 from gpfuse.data.features import clean_nonfinite
 from gpfuse.encoders.text import cached_text_states, tokenize
 from gpfuse.inference.saved_run import SavedRun
 from gpfuse.models import MODELS
-
-if TYPE_CHECKING:
-    from gpfuse.config import SentimentDataConfig
-    from gpfuse.models.io import PretrainedMixin
 
 __all__ = ["SentimentPredictor"]
 
@@ -69,12 +65,12 @@ class SentimentPredictor:
 
     def __init__(self, run: SavedRun, batch_size: int | None = None) -> None:
         self.run = run
-        d, m = cast("SentimentDataConfig", run.config.data), run.config.model  # gpfuse.load: a sentiment run
+        d, m = run.config.data_as(SentimentDataConfig), run.config.model
         self.modalities = list(d.modalities)
         self.reads_tokens = getattr(MODELS[m["name"]], "text_input", "states") == "tokens"
-        self.text_model = m.get("backbone", "minilm") if self.reads_tokens else d.text_model
+        self.text_model = m["backbone"] if self.reads_tokens else d.text_model
         self.max_text = d.max_len.get("text", 50)
-        options = cast("PretrainedMixin", run.model).gpfuse_config["options"]  # a model built by create_model
+        options = run.model_config["options"]
         self.input_dims = dict(options.get("input_dims") or {})
         self.max_len = dict(d.max_len)
         self.batch_size = batch_size or d.batch_size

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gpfuse.config import VolumeDataConfig
 from gpfuse.inference.saved_run import SavedRun
 
 if TYPE_CHECKING:
     from monai.data import MetaTensor
 
-    from gpfuse.config import VolumeDataConfig
 
 __all__ = ["VolumePredictor", "affine_of", "original_grid_labels", "sliding_window_logits", "voxel_spacing"]
 
@@ -84,7 +84,7 @@ class VolumePredictor:
         from gpfuse.data.volume_transforms import volume_transforms
 
         self.run = run
-        d = cast("VolumeDataConfig", run.config.data)  # gpfuse.load: a 3D segmentation run
+        d = run.config.data_as(VolumeDataConfig)
         self.transform = volume_transforms(
             d.roi_size,
             train=False,
@@ -122,7 +122,7 @@ class VolumePredictor:
             raise ValueError(f"{path}: {channels} channel(s), the model takes {self.in_channels}")
         batch = list_data_collate([item])
         batch["image"] = batch["image"].to(self.run.device)
-        d = cast("VolumeDataConfig", self.run.config.data)
+        d = self.run.config.data_as(VolumeDataConfig)
         with self.run.autocast():
             labels = original_grid_labels(
                 self.run.model, batch, self.transform, d.roi_size, d.sw_batch_size, d.overlap_test
