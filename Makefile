@@ -19,8 +19,8 @@ demo: install
 	$(BIN)/gpfuse demo
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/mypy
 
 # Headless Chromium for tests/test_report_browser.py: installed with apt-get when missing and run as root;
@@ -38,8 +38,8 @@ TEST_WORKERS ?= 2
 
 # the type check runs inside pytest (tests/test_types.py), beside the other tests on the second core
 test: install browser
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # the same tests with files, and the tests in each, in a random order (SEED=n repeats one): no test may depend on
@@ -57,6 +57,7 @@ mutation: install
 	OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children 2 || true  # one thread: mutmut forks after the tests ran torch
 	$(BIN)/mutmut results
 	@$(BIN)/mutmut results --all true 2>/dev/null | awk '{n++} /: killed$$/ {k++} END {printf "killed %d of %d mutants (%.1f%%)\n", k, n, 100 * k / n}'
+	$(BIN)/python tools/mutation_survivors.py > docs/mutation_survivors.md  # every survivor with its line and a reason
 
 bench: install
 	$(BIN)/python benchmarks/fusion_scaling.py

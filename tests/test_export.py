@@ -131,6 +131,34 @@ def test_a_failed_verification_names_the_difference_and_leaves_no_file(seg_run, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_eval_scores_the_deployed_file_as_the_torch_model(seg_run, tmp_path):
+    run = seg_run[0]
+    samples = {p.name: p.read_bytes() for p in (run / "samples").iterdir()}
+    with contextlib.chdir(run.parent.parent.parent):  # the run's data paths are relative to where it was trained
+        code, output = run_gpfuse("eval", run, "--engine", "onnxruntime")
+        assert code == 0 and "(onnxruntime)" in output, output
+        deployed, torch_figures = (
+            json.loads((run / f).read_text()) for f in ("metrics_onnxruntime.json", "metrics.json")
+        )
+        assert deployed["engine"] == "onnxruntime" and deployed["onnx_file"] == str(run / "model.onnx")
+        for split in ("valid", "test"):
+            assert deployed[split].keys() == torch_figures[split].keys() and "held_out/Dice" in deployed["test"]
+            for key, value in torch_figures[split].items():
+                assert deployed[split][key] == pytest.approx(value, abs=1e-4), (split, key)
+        assert {p.name: p.read_bytes() for p in (run / "samples").iterdir()} == samples  # the torch model's
+        code, output = run_gpfuse("eval", run, "--engine", "onnxruntime", "--onnx", tmp_path / "none.onnx")
+        assert code == 2 and "none.onnx: no such ONNX file" in output, output
+        code, output = run_gpfuse("eval", run, "--onnx", run / "model.onnx")
+        assert code == 2 and "read by --engine onnxruntime only" in output, output
+
+
+def test_eval_of_a_deployed_file_is_for_2d_segmentation(reid_run):
+    run = reid_run[0]
+    code, output = run_gpfuse("eval", run, "--engine", "onnxruntime")
+    assert code == 2 and "--engine onnxruntime scores 2D segmentation runs" in output and "'retrieval'" in output
+    assert not (run / "metrics_onnxruntime.json").exists()
+
+
 def test_gpf_net_exports_image_only_embeddings_that_rank_as_torch(reid_run):
     run, colo = reid_run
     per_video = {p.parent.parent: p for p in sorted(colo.rglob("*.jpg"))}  # one frame per polyp: no near-ties

@@ -399,6 +399,19 @@ def test_an_onnx_file_is_fed_by_name_with_its_own_dtypes(tmp_path):
         strict({**batch, "text_mask": torch.zeros(1)})
 
 
+def test_evaluation_batches_reach_the_file_without_their_labels(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from gpfuse.inference import GraphInputsOnly, OnnxModel
+
+    onnx = OnnxModel(_onnx_file(tmp_path / "m.onnx", {"name": "ea_dk", "options": {"channels": 8}}))
+    deployed = GraphInputsOnly(onnx)
+    batch = {"audio": torch.ones(2, 2), "audio_ids": torch.ones(2, 2, dtype=torch.int64), "mask": torch.zeros(2, 1)}
+    assert deployed(batch).score.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    assert deployed.gpfuse_config == {"name": "ea_dk", "options": {"channels": 8}} and deployed.onnx is onnx
+    with pytest.raises(ValueError, match=r"needs \['audio_ids'\], not given"):  # a missing input is still refused
+        deployed({"audio": torch.ones(2, 2), "mask": torch.zeros(2, 1)})
+
+
 def test_onnx_file_refusals(tmp_path):
     pytest.importorskip("onnxruntime")
     from gpfuse.inference import OnnxModel

@@ -106,3 +106,34 @@ def test_a_few_steps_lower_the_deep_supervision_loss():
     optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = train_losses(optimizer, lambda: loss_fn(net({"image": image}).stages, mask), 12)
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_a_decoder_that_stops_at_stride_4_is_the_papers_without_its_last_stage():
+    torch.manual_seed(0)
+    cut = create_model("ea_dk", encoder="efficientnet_lite0", encoder_weights=None, decoder_stride=4).eval()
+    full = create_model("ea_dk", encoder="efficientnet_lite0", encoder_weights=None).eval()
+    missing, unexpected = full.load_state_dict(cut.state_dict(), strict=False)
+    assert not unexpected and {k.split(".")[0] + "." + k.split(".")[1] for k in missing} == {
+        "decoder.3",
+        "kernel_updates.3",
+    }
+    assert cut.stage_strides == (2, 4, 8, 16, 32) and cut.decoder_strides == (16, 8, 4)
+    assert full.decoder_strides == (16, 8, 4, 2)
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        out, paper = cut({"image": x}), full({"image": x})
+    assert [s.shape[-2:] for s in out.stages] == [(2, 3), (4, 6), (8, 12), (16, 24)] and len(out.gates) == 3
+    for a, b in zip(out.stages, paper.stages[:4], strict=False):  # the same predictions down to stride 4
+        torch.testing.assert_close(a, b)
+    upsampled = F.interpolate(out.stages[-1], size=(64, 96), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.logits, upsampled)
+    assert out.attention.shape == (2, 5, 5)  # encoder attention still reads all five stages
+    cut.train()
+    sum(s.square().mean() for s in cut({"image": x}).stages).backward()
+    assert all(p.grad is not None for p in cut.parameters())
+
+
+@pytest.mark.parametrize("stride", [1, 3, 32])
+def test_a_decoder_stride_that_is_no_stage_is_refused(stride):
+    with pytest.raises(ValueError, match=f"decoder_stride must be 2, 4, 8 or 16 .*got {stride}"):
+        create_model("ea_dk", encoder_weights=None, decoder_stride=stride)

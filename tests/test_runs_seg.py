@@ -96,6 +96,11 @@ def test_grouped_split_run_evaluates_predicts_and_resumes(tmp_path, folders):
     assert json.loads((run / "data_stats.json").read_text())["images"]["test_other"] == 6
     again = evaluate(run)
     assert again["test"]["other/mDice"] == pytest.approx(metrics["test"]["other/mDice"], abs=1e-6)
+    older = shutil.copytree(run, tmp_path / "older_run")  # a model saved before model.decoder_stride existed
+    saved = json.loads((older / "model" / "config.json").read_text())
+    del saved["options"]["decoder_stride"]
+    (older / "model" / "config.json").write_text(json.dumps(saved))
+    assert evaluate(older)["test"] == pytest.approx(again["test"], abs=1e-6)
     assert again["valid"] == pytest.approx(metrics["valid"], abs=1e-5)  # the fit's best-epoch figures
     out = predict(run, other / "images", tmp_path / "pred")
     assert sorted(p.name for p in (out / "masks").iterdir()) == [f"{i:03d}.png" for i in range(1, 7)]

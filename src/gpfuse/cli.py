@@ -148,17 +148,21 @@ def eval_(
     ),
     data: Path | None = typer.Option(None, help="another labelled set in the run's layout to score"),
     name: str | None = typer.Option(None, help="with --data: writes metrics_NAME.json (default: the folder's name)"),
+    engine: str = typer.Option(
+        "torch", help="torch, or onnxruntime: score the deployed ONNX file (2D segmentation; metrics_onnxruntime.json)"
+    ),
+    onnx: Path | None = typer.Option(None, help="--engine onnxruntime: the ONNX file (default RUN_DIR/model.onnx)"),
 ) -> None:
     """Re-evaluate a run's saved model on its valid and test splits (on several processes with --set), or with
-    --data on another labelled set of the same layout (metrics_NAME.json beside metrics.json, never over it)."""
+    --data on another labelled set of the same layout (metrics_NAME.json beside metrics.json, never over it); with
+    --engine onnxruntime the run's exported file instead of its torch model (metrics_onnxruntime.json)."""
     from gpfuse.tasks.runner import evaluate, is_main_process
 
-    metrics = evaluate(run_dir, set_, data, name)
+    metrics = evaluate(run_dir, set_, data, name, cast("Engine", engine), onnx)
     if not is_main_process():
         return
-    console.print(
-        _table(str(run_dir if data is None else data), {k: metrics[k] for k in ("valid", "test") if k in metrics})
-    )
+    title = str(run_dir if data is None else data) + ("" if engine == "torch" else f" ({engine})")
+    console.print(_table(title, {k: metrics[k] for k in ("valid", "test") if k in metrics}))
     for figure in metrics["figures"]:
         console.print(f"wrote {figure}")
 

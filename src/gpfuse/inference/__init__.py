@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from gpfuse.inference.onnx_model import OnnxModel
+from gpfuse.inference.onnx_model import GraphInputsOnly, OnnxModel
 from gpfuse.inference.reid import ReIDPredictor
 from gpfuse.inference.saved_run import Engine, SavedRun
 from gpfuse.inference.segmentation import SegmentationPredictor, SegmentationResult
@@ -27,6 +27,7 @@ from gpfuse.inference.volumes import VolumePredictor
 
 __all__ = [
     "Engine",
+    "GraphInputsOnly",
     "OnnxModel",
     "Predictor",
     "ReIDPredictor",

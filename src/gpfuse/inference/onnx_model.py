@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-__all__ = ["OnnxModel", "OnnxOutput"]
+__all__ = ["GraphInputsOnly", "OnnxModel", "OnnxOutput"]
 
 #: ONNX Runtime's element types -> numpy's
 _DTYPES = {
@@ -112,3 +112,17 @@ class OnnxModel(nn.Module):
         return OnnxOutput(
             self.path, {k: torch.from_numpy(np.asarray(v)) for k, v in zip(self.output_names, outputs, strict=True)}
         )
+
+
+class GraphInputsOnly(nn.Module):
+    """An :class:`OnnxModel` given only the batch keys its graph takes: for evaluation, whose batches also carry
+    labels, sizes and indices that the torch model ignores (a predictor's batches hold the inputs alone, and
+    :class:`OnnxModel` refuses any other key there)."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        super().__init__()
+        self.onnx = model
+        self.gpfuse_config = model.gpfuse_config
+
+    def forward(self, batch: dict[str, Tensor]) -> OnnxOutput:
+        return self.onnx({k: v for k, v in batch.items() if k in self.onnx.input_types})

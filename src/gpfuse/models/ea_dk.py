@@ -15,6 +15,11 @@ Transformer layer (4 heads, FFN 2x) with a learned embedding per stage; the DK M
 one); a decoder stage is two 3x3 conv-BN-ReLU blocks on [upsampled; skip] and a plain 1x1 conv giving the
 signed features the kernel reads (LDNet's "unify"); the region descriptor is the feature mean weighted by
 the sigmoid of the upsampled previous prediction (K-Net's normalised form; LDNet sums).
+
+A departure for speed, a config choice (``decoder_stride``, default 2 as in the paper): the decoder may stop at
+stride 4, its last prediction then upsampled 4x bilinearly. At 352 x 352 the stride-2 decoder stage is the
+model's most expensive module (two 3x3 convolutions on 176 x 176 maps; ``benchmarks/ea_dk_profile.py``). Encoder
+attention still reads every encoder stage, and every remaining mechanism is unchanged.
 """
 
 from __future__ import annotations
@@ -74,9 +79,11 @@ class EADK(PretrainedMixin, nn.Module):
             ``"res2net50_v1b_26w_4s"`` the paper's, ``"resnet50"``). encoder_weights: ``"imagenet"`` (shipped
             weights where they exist), a local weights file, or None (random init, logged).
         channels: UCA width C (32 in the paper). attention_heads: EA heads. in_channels: image channels.
+        decoder_stride: stride of the last decoder stage: 2 (the paper's, the shallowest encoder stage) or 4, 8,
+            16 (fewer decoder stages and kernel updates; cheaper, coarser).
 
     Input: ``batch["image"]`` (B, in_channels, H, W), any H, W. Output: :class:`SegmentationOutput` with
-    ``logits`` (B, 1, H, W) and ``stages`` deep to shallow (strides 32, 16, 8, 4, 2).
+    ``logits`` (B, 1, H, W) and ``stages`` deep to shallow (strides 32, 16, 8, 4, 2 down to ``decoder_stride``).
     """
 
     # older saved models load (io.py): the MLPs gained a Dropout slot when they became fusion.layers.mlp
@@ -92,8 +99,11 @@ class EADK(PretrainedMixin, nn.Module):
         channels: int = 32,
         attention_heads: int = 4,
         in_channels: int = 3,
+        decoder_stride: int = 2,
     ) -> None:
         super().__init__()
+        if decoder_stride not in (2, 4, 8, 16):
+            raise ValueError(f"decoder_stride must be 2, 4, 8 or 16 (an encoder stage's stride), got {decoder_stride}")
         self.encoder = get_image_encoder(encoder, weights=encoder_weights, in_channels=in_channels)
         self.encoder.drop_head()
         self.uca = nn.ModuleList([_conv_bn_relu(c, channels, 1) for c in self.encoder.out_channels[1:]])
@@ -103,8 +113,19 @@ class EADK(PretrainedMixin, nn.Module):
         self.dynamic_kernel = mlp(channels, 2 * channels, channels + 1, activation=nn.ReLU)
         self.deepest = _conv_bn_relu(channels, channels, 3)
         self.deepest_unify = nn.Conv2d(channels, channels, 1)
-        self.decoder = nn.ModuleList([DecoderStage(channels) for _ in range(len(self.uca) - 1)])
+        unreached = self.stage_strides.index(decoder_stride)  # shallow stages below decoder_stride: no decoder
+        self.decoder = nn.ModuleList([DecoderStage(channels) for _ in range(len(self.uca) - 1 - unreached)])
         self.kernel_updates = nn.ModuleList([build_fusion("kernel_update", dim=channels) for _ in self.decoder])
+
+    @property
+    def stage_strides(self) -> tuple[int, ...]:
+        """Strides of the encoder stages UCA adapts, shallow to deep: (2, 4, 8, 16, 32)."""
+        return tuple(2 ** (i + 1) for i in range(len(self.uca)))
+
+    @property
+    def decoder_strides(self) -> tuple[int, ...]:
+        """Output stride of each decoder stage, deep to shallow: (16, 8, 4, 2) in the paper."""
+        return self.stage_strides[-2::-1][: len(self.decoder)]
 
     def forward(self, batch: dict[str, Tensor]) -> SegmentationOutput:
         image = batch["image"]

@@ -17,6 +17,7 @@ seeded split and statistics, trains and evaluates its shard, and the tasks gathe
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -43,8 +44,9 @@ from gpfuse.config import (
     validate_saved_config,
 )
 from gpfuse.data.synthetic_marker import generated_roots
-from gpfuse.inference.saved_run import RUN_CONFIG, RUN_STATS, Engine
-from gpfuse.models import create_model, load_pretrained, save_pretrained
+from gpfuse.inference.onnx_model import GraphInputsOnly, OnnxModel
+from gpfuse.inference.saved_run import ENGINES, RUN_CONFIG, RUN_STATS, Engine, SavedRun
+from gpfuse.models import MODELS, create_model, load_pretrained, save_pretrained
 from gpfuse.models.io import CheckpointMismatchError
 from gpfuse.tasks.finite_loss import FiniteLoss
 from gpfuse.tasks.kinds import TASK_KINDS, TaskData, at_data
@@ -474,8 +476,13 @@ def summarise_folder(root: str | Path) -> dict[str, Any]:
 
 
 def _saved_options(model: torch.nn.Module) -> dict[str, Any]:
-    """The model options ``create_model`` kept on the model (its ``gpfuse_config``, a plain dict attribute)."""
-    return cast("dict[str, dict[str, Any]]", model.gpfuse_config)["options"]
+    """Every option the model was built with: those ``create_model`` kept on it (its ``gpfuse_config``), and for
+    an option its saved config lacks (a model saved before the option existed) the constructor's default, which
+    built it."""
+    config = cast("dict[str, Any]", model.gpfuse_config)
+    parameters = inspect.signature(MODELS[config["name"]]).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    return {**defaults, **config["options"]}
 
 
 def _load(
@@ -523,6 +530,8 @@ def evaluate(
     overrides: list[str] | None = None,
     data_root: str | Path | None = None,
     name: str | None = None,
+    engine: Engine = "torch",
+    onnx_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """Re-evaluate a finished run's saved model on its valid and test splits; update ``metrics.json`` with
     the figures and write the task's pictures (the rank list for re-identification). ``overrides`` (keys of
@@ -532,17 +541,34 @@ def evaluate(
     With ``data_root``: score the model on another labelled set in the run's layout instead (sentiment: its
     test split; re-identification: its query and gallery; image/mask folders: every image; Decathlon: every
     labelled case), written to ``metrics_<name>.json`` (``name``: the folder's name by default), never over
-    metrics.json."""
+    metrics.json.
+
+    ``engine="onnxruntime"`` (2D segmentation runs): score the deployed file instead of the torch model, the run's
+    ONNX file (``onnx_file``, default ``run_dir/model.onnx`` of ``gpfuse export``) run by ONNX Runtime, so that the
+    figures are those of what runs; written to ``metrics_onnxruntime.json`` (with ``data_root``:
+    ``metrics_<name>_onnxruntime.json``), without figures or ``samples/``, which stay the torch model's."""
     run_dir = Path(run_dir)
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if engine == "torch" and onnx_file is not None:
+        raise ValueError(f"--onnx {onnx_file}: read by --engine onnxruntime only")
     if data_root is not None:
         name = name or Path(data_root).name
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' or '.' (it names metrics_<name>.json)")
         if not Path(data_root).exists():
             raise FileNotFoundError(f"nothing to evaluate on: {data_root} does not exist")
-    path = run_dir / ("metrics.json" if data_root is None else f"metrics_{name}.json")
+    stem = "metrics" + ("" if data_root is None else f"_{name}") + ("" if engine == "torch" else f"_{engine}")
+    path = run_dir / f"{stem}.json"
     saved = read_json(path) if path.is_file() else {}  # what will be written to is checked before the long work
     config, data, model = _load(run_dir, None if data_root is None else str(data_root), overrides, name or "other")
+    if engine != "torch":
+        if config.task != "segmentation":
+            raise ValueError(
+                f"{run_dir}: --engine {engine} scores 2D segmentation runs (the deployed EA-DK file); "
+                f"this run is {config.task!r}: evaluate it with the torch engine"
+            )
+        model = GraphInputsOnly(cast(OnnxModel, SavedRun.read(run_dir, "cpu", engine, onnx_file).model))
     trainer = _trainer(config)
     kind = TASK_KINDS[config.task]
     task = _task(config, model, data)
@@ -558,8 +584,12 @@ def evaluate(
         result["data"] = str(data_root)
     if not trainer.is_global_zero:
         return {**result, "figures": []}
-    result["figures"] = [] if data_root is not None else [str(p) for p in kind.figures(model, data, run_dir)]
-    if data_root is None:
+    if engine != "torch":
+        result["engine"] = engine
+        result["onnx_file"] = str(onnx_file or run_dir / "model.onnx")
+    torch_model_outputs = data_root is None and engine == "torch"
+    result["figures"] = [str(p) for p in kind.figures(model, data, run_dir)] if torch_model_outputs else []
+    if torch_model_outputs:
         write_samples(config.task, task, data, run_dir)
     atomic_write_text(path, json.dumps({**saved, **result}, indent=2))
     return result

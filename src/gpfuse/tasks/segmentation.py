@@ -78,10 +78,10 @@ class SegmentationTask(L.LightningModule):
         evaluator = PolypEvaluator(self.hparams["threshold"])
         for prob, mask in zip(full_size_probabilities(out.logits, batch["size"]), batch["mask_full"]):
             evaluator.update(prob.cpu().numpy(), mask.cpu().numpy())
-        # per image: the mean kept-kernel and taken-region gate of each kernel update, (B, steps, 2)
-        gates = (
-            torch.stack([g.float().mean(2) for g in out.gates], 1) if out.gates else torch.zeros(len(out.logits), 0, 2)
-        )
+        # per image: the mean kept-kernel and taken-region gate of each kernel update, (B, steps, 2); none from a
+        # deployed ONNX file (gpfuse eval --engine), whose only output is the logits
+        steps = getattr(out, "gates", None)
+        gates = torch.stack([g.float().mean(2) for g in steps], 1) if steps else torch.zeros(len(out.logits), 0, 2)
         self._collectors[dataloader_idx].update(
             batch["index"], record=torch.from_numpy(evaluator.records), gates=gates.double()
         )
