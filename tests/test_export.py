@@ -26,6 +26,7 @@ from conftest import polyp_folder_data, run_gpfuse, still_reid_run
 from gpfuse.config import validate_config
 from gpfuse.data.synthetic_polyp import write_synthetic_polyp_folder
 from gpfuse.export import OnnxMismatchError, export_onnx, onnx_file
+from gpfuse.export.image_graphs import split_files
 from gpfuse.inference import OnnxModel
 from gpfuse.inference.inputs import as_rgb
 from gpfuse.tasks.runner import run_dir_for, train
@@ -294,3 +295,41 @@ def test_a_batch_that_does_not_fit_the_graph_is_named(reid_run):
         model(tokens)
     with pytest.raises(AttributeError, match="the ONNX graph has no output 'logits'"):
         _ = model({"image": image}).logits
+
+
+def test_int8_export_is_guarded_by_its_agreement_with_torch(seg_run, tmp_path, monkeypatch):
+    from gpfuse.export.quantize import QuantizationAccuracyError, quantize_int8
+
+    root = seg_run[0].parent.parent.parent
+    with contextlib.chdir(root):  # the run's split files are relative to where it was trained
+        run = seg_run[0].relative_to(root)  # a relative run folder, as typed on a command line
+        report = quantize_int8(run, out=tmp_path / "int8.onnx", calibration=4, min_agreement=0.5)
+        meta = {p.key: p.value for p in onnx.load(str(report.path)).metadata_props}
+        assert json.loads(meta["quantization"])["calibration_images"] == 4 and meta["gpfuse_task"] == "segmentation"
+        assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(report.path)).graph.node)
+        # the reported agreement is that of the file, through the run's own predictor
+        torch_seg, int8_seg = gpfuse.load(run), gpfuse.load(run, engine="onnxruntime", onnx_file=report.path)
+        images = split_files(run, "image", 16)
+        a = np.concatenate([p.ravel() for p in torch_seg.probabilities(images)]) >= torch_seg.threshold
+        b = np.concatenate([p.ravel() for p in int8_seg.probabilities(images)]) >= torch_seg.threshold
+        assert report.images == len(images) and report.agreement == pytest.approx(
+            2 * (a & b).sum() / max(1, a.sum() + b.sum()), abs=1e-9
+        )
+        assert report.agreement >= 0.5 and report.largest_difference > 0  # int8 is not fp32
+
+        def flipped(src, dst, calibration):  # a "quantiser" whose file predicts the opposite mask
+            model = onnx.load(str(src))
+            out = model.graph.output[0].name
+            for node in model.graph.node:
+                node.output[:] = [f"{out}__raw" if o == out else o for o in node.output]
+            model.graph.node.append(onnx.helper.make_node("Neg", [f"{out}__raw"], [out]))
+            onnx.save(model, str(dst))
+
+        monkeypatch.setattr("gpfuse.export.quantize._quantize", flipped)
+        with pytest.raises(
+            QuantizationAccuracyError, match=r"bad.onnx: the int8 file's masks agree .* below the bound 0.9"
+        ):
+            quantize_int8(run, out=tmp_path / "bad.onnx", calibration=2, min_agreement=0.9)
+        assert not (tmp_path / "bad.onnx").exists()
+        with pytest.raises(ValueError, match=r"min_agreement must be in \(0, 1\], got 1.5"):
+            quantize_int8(run, out=tmp_path / "x.onnx", min_agreement=1.5)

@@ -37,7 +37,10 @@ def _message_text(old: str, new: str) -> bool:
 
 #: (reason, rule over the removed and the added line)
 RULES: list[tuple[str, Callable[[str, str], bool]]] = [
-    ("equivalent: the type named in typing.cast (a no-op at run time)", _without(r"cast\((?:\"[^\"]*\"|'[^']*'|[^,]*),")),
+    (
+        "equivalent: the type named in typing.cast (a no-op at run time)",
+        _without(r"cast\((?:\"[^\"]*\"|'[^']*'|[^,]*),"),
+    ),
     ("equivalent on a CPU: a device argument", _without(r"\.to\([^()]*\)|,?\s*device=[^,()]*(\([^()]*\))?")),
     ("equivalent: a dtype or copy argument equal to its default here", _without(r",?\s*(dtype|copy)=[^,()]*")),
     ("equivalent: an encoding name (UTF-8 either way)", _without(r",?\s*encoding=[^,()]*")),

@@ -232,15 +232,31 @@ def export(
     ),
     tolerance: float = typer.Option(1e-4, help="largest ONNX Runtime vs torch difference allowed"),
     image_only: bool = typer.Option(False, help="only the image input (GPF-Net with reports: the no-report path)"),
+    int8: bool = typer.Option(
+        False, help="also write RUN_DIR/model.int8.onnx: static int8, refused below --min-agreement (2D segmentation)"
+    ),
+    calibration: int = typer.Option(32, help="--int8: training images the activation ranges are calibrated on"),
+    min_agreement: float = typer.Option(
+        0.98, help="--int8: least Dice between the int8 file's masks and torch's on the run's validation images"
+    ),
 ) -> None:
     """Export the run's model as ONNX with its preprocessing as metadata, verified with ONNX Runtime on real
-    inputs (2D segmentation runs so far)."""
-    from gpfuse.export import export_onnx
+    inputs; with --int8 also its static int8 form, refused when its masks drift from torch's."""
+    from gpfuse.export import export_onnx, quantize_int8
 
     if format_ != "onnx":
         raise ValueError(f"--format {format_!r}: only 'onnx' is supported")
     path = export_onnx(run_dir, out, opset, verify_with or None, tolerance=tolerance, image_only=image_only)
     console.print(f"wrote {path} (verified with ONNX Runtime)")
+    if int8:
+        report = quantize_int8(
+            run_dir, path, calibration=calibration, verify_with=verify_with or None, min_agreement=min_agreement
+        )
+        console.print(
+            f"wrote {report.path} (static int8, calibrated on {report.calibration_images} training images): its "
+            f"masks agree with torch's at Dice {report.agreement:.4f} on {report.images} images "
+            f"(largest probability difference {report.largest_difference:.3f})"
+        )
 
 
 @app.command()

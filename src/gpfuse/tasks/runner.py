@@ -546,7 +546,8 @@ def evaluate(
     ``engine="onnxruntime"`` (2D segmentation runs): score the deployed file instead of the torch model, the run's
     ONNX file (``onnx_file``, default ``run_dir/model.onnx`` of ``gpfuse export``) run by ONNX Runtime, so that the
     figures are those of what runs; written to ``metrics_onnxruntime.json`` (with ``data_root``:
-    ``metrics_<name>_onnxruntime.json``), without figures or ``samples/``, which stay the torch model's."""
+    ``metrics_<name>_onnxruntime.json``; with ``onnx_file``, its stem added: ``metrics_onnxruntime_model.int8.json``),
+    without figures or ``samples/``, which stay the torch model's."""
     run_dir = Path(run_dir)
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -558,7 +559,8 @@ def evaluate(
             raise ValueError(f"--name {name!r}: use letters, digits, '_', '-' or '.' (it names metrics_<name>.json)")
         if not Path(data_root).exists():
             raise FileNotFoundError(f"nothing to evaluate on: {data_root} does not exist")
-    stem = "metrics" + ("" if data_root is None else f"_{name}") + ("" if engine == "torch" else f"_{engine}")
+    deployed = "" if engine == "torch" else f"_{engine}" + ("" if onnx_file is None else f"_{Path(onnx_file).stem}")
+    stem = "metrics" + ("" if data_root is None else f"_{name}") + deployed
     path = run_dir / f"{stem}.json"
     saved = read_json(path) if path.is_file() else {}  # what will be written to is checked before the long work
     config, data, model = _load(run_dir, None if data_root is None else str(data_root), overrides, name or "other")

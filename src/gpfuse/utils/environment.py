@@ -18,8 +18,9 @@ import torch
 
 __all__ = ["SPEED_FLAGS", "cpu_flags", "cpu_model", "cpu_native_bf16", "describe", "summary_line"]
 
-#: /proc/cpuinfo flags that decide how fast the CPU kernels run (vector width, native bf16, AMX tiles)
-SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+#: /proc/cpuinfo flags that decide how fast the CPU kernels run (vector width, native bf16, AMX tiles, int8 dot
+#: products)
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx_vnni")
 _VERSIONS = ("torch", "lightning", "onnxruntime", "transformers", "monai")
 
 
